@@ -1,0 +1,507 @@
+"""Stage ``prepare``: list every file, decode robustly, crop faces, split without leaks.
+
+Outputs (under a content-addressed folder of the cache, copied into the run folder and
+logged to MLflow): ``manifest.csv`` (every file, kept or skipped, with its reason),
+``data_report.json``/``.md`` (counts, skip reasons, duplicate groups) and
+``samples.png`` (a grid of crops per class).
+
+Per-file work (decode, perceptual hash, MTCNN, crop) is cached by file content, written
+atomically as each file finishes, so a second run skips it and a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import xml.etree.ElementTree as ET
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from maskflow import split as splitting
+import json
+
+from maskflow.cache import atomic_write_bytes, atomic_write_json, digest, read_json, sha256_bytes
+from maskflow.contracts import PreparedData, StageContext
+
+log = logging.getLogger(__name__)
+
+# Bump when the per-file processing changes meaning, so stale cache entries are not reused.
+PROCESS_VERSION = 1
+MANIFEST_FIELDS = [
+    "sample_id", "path", "label", "sha256", "size_bytes", "source", "group", "split", "status",
+    "reason", "crop", "face", "det_score", "box", "width", "height", "mode", "phash",
+]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One file to process, with its label (folder sets) or its VOC objects (scene sets)."""
+
+    path: Path
+    rel: str
+    label: str | None
+    objects: tuple[tuple[str, tuple[int, int, int, int]], ...] | None = None
+    problem: str | None = None  # a reason known before decoding (e.g. bad annotation)
+
+
+# ---------------------------------------------------------------------------- listing
+
+
+def list_folder_dataset(root: Path) -> list[Item]:
+    """Class-per-folder: ``root/<class>/**/<file>``; every regular file is listed."""
+    items = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in sorted(class_dir.rglob("*")):
+            if path.is_file():
+                items.append(Item(path=path, rel=path.relative_to(root).as_posix(), label=class_dir.name))
+    return items
+
+
+def parse_voc(xml_path: Path) -> tuple[str, list[tuple[str, tuple[int, int, int, int]]]]:
+    """(image file name, [(class, (x, y, w, h)), ...]) from a PASCAL VOC annotation."""
+    tree = ET.parse(xml_path)
+    filename = (tree.findtext("filename") or "").strip()
+    objects = []
+    for obj in tree.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        bb = obj.find("bndbox")
+        if not name or bb is None:
+            continue
+        x0, y0, x1, y1 = (int(round(float(bb.findtext(k) or 0))) for k in ("xmin", "ymin", "xmax", "ymax"))
+        objects.append((name, (x0, y0, x1 - x0, y1 - y0)))
+    return filename, objects
+
+
+def list_voc_dataset(root: Path, images: str = "images", annotations: str = "annotations") -> list[Item]:
+    items, seen = [], set()
+    image_dir = root / images
+    for xml_path in sorted((root / annotations).glob("*.xml")):
+        rel_xml = xml_path.relative_to(root).as_posix()
+        try:
+            filename, objects = parse_voc(xml_path)
+        except (ET.ParseError, ValueError) as exc:
+            items.append(Item(path=xml_path, rel=rel_xml, label=None, problem=f"bad_annotation: {exc}"))
+            continue
+        path = image_dir / (filename or xml_path.stem + ".jpg")
+        if not path.exists():
+            items.append(Item(path=xml_path, rel=rel_xml, label=None, problem="image_missing"))
+            continue
+        seen.add(path.name)
+        items.append(Item(path=path, rel=path.relative_to(root).as_posix(), label=None, objects=tuple(objects)))
+    if image_dir.is_dir():
+        for path in sorted(image_dir.iterdir()):
+            if path.is_file() and path.name not in seen:
+                items.append(Item(path=path, rel=path.relative_to(root).as_posix(), label=None, problem="no_annotation"))
+    return items
+
+
+def list_items(data_cfg: DictConfig) -> list[Item]:
+    root = Path(data_cfg.root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"data folder {root} does not exist: set data.root=<dir> or MASKFLOW_DATA_DIR "
+            "(the folder that holds mask-faces-4k/ and mask-scenes-853/)"
+        )
+    if data_cfg.format == "folders":
+        items = list_folder_dataset(root)
+    elif data_cfg.format == "voc":
+        items = list_voc_dataset(root, data_cfg.get("images", "images"), data_cfg.get("annotations", "annotations"))
+    else:
+        raise ValueError(f"data.format must be 'folders' or 'voc', got {data_cfg.format!r}")
+    limit = data_cfg.get("limit_per_class")
+    if limit:
+        items = _limit_items(items, int(limit))
+    return items
+
+
+def _limit_items(items: list[Item], limit: int) -> list[Item]:
+    """A deterministic subset (CI-sized runs): the first ``limit`` files per class by a
+    hash of their path, so the subset does not depend on listing order."""
+    by_label: dict[str, list[Item]] = defaultdict(list)
+    for item in items:
+        by_label[item.label or "scene"].append(item)
+    kept = []
+    for label in sorted(by_label):
+        kept += sorted(by_label[label], key=lambda it: digest(it.rel))[:limit]
+    return sorted(kept, key=lambda it: it.rel)
+
+
+# --------------------------------------------------------------------- per-file work
+
+_DETECTOR = None
+
+
+def _init_worker(threads: int) -> None:
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def _detector(params: dict[str, Any]):
+    global _DETECTOR
+    if _DETECTOR is None:
+        from maskflow.faces import FaceDetector
+
+        _DETECTOR = FaceDetector(min_face_size=params["min_face_size"], max_side=params["detect_max_side"])
+    return _DETECTOR
+
+
+def process_file(job: tuple[str, str, dict[str, Any], str, str]) -> tuple[str, dict[str, Any]]:
+    """Decode, hash and crop one file; write crops + a JSON record into the cache.
+
+    Runs in a worker process. Never raises for bad content: the record carries the reason.
+    """
+    path, objects_json, params, record_path, crop_prefix = job
+    import imagehash
+    from PIL import Image
+
+    from maskflow.faces import crop_face, largest_face, resize_square
+    from maskflow.imageio import DecodeError, read_image
+
+    record: dict[str, Any] = {"version": PROCESS_VERSION, "samples": []}
+    try:
+        decoded = read_image(path, max_pixels=params["max_pixels"])
+    except DecodeError as exc:
+        record.update(status="skipped", reason=exc.reason, detail=exc.detail[:300])
+        atomic_write_json(record_path, record)
+        return record_path, record
+    rgb = decoded.rgb
+    height, width = rgb.shape[:2]
+    record.update(
+        status="ok", reason="", width=width, height=height, mode=decoded.source_mode,
+        format=decoded.format, exif_rotated=decoded.exif_rotated,
+        phash=str(imagehash.phash(Image.fromarray(rgb))),
+    )
+    size, margin = params["crop_size"], params["margin"]
+    samples = []
+    if objects_json is None:  # folder set: the largest confident face, else the whole image
+        reason = ""
+        if min(height, width) < params["min_image_side"]:
+            reason = "tiny_image"
+        face = None
+        if params["detect"] and not reason:
+            face = largest_face(_detector(params).detect(rgb), params["min_confidence"])
+        if face is not None:
+            crop, kind, box, score = crop_face(rgb, face.box, margin, size), "mtcnn", list(face.box), face.score
+        else:
+            crop, kind, box, score = resize_square(rgb, size), "whole_image", [0, 0, width, height], None
+        samples.append({"face": kind, "box": box, "det_score": score, "label": None, "crop": crop, "reason": reason})
+    else:  # scene set: one crop per annotated face
+        for label, box in json.loads(objects_json):
+            x, y, w, h = box
+            if w <= 0 or h <= 0 or x >= width or y >= height or x + w <= 0 or y + h <= 0:
+                samples.append({"face": "voc_box", "box": box, "label": label, "crop": None, "reason": "box_outside_image"})
+            elif max(w, h) < params["min_box_size"]:
+                samples.append({"face": "voc_box", "box": box, "label": label, "crop": None, "reason": "box_too_small"})
+            else:
+                samples.append({"face": "voc_box", "box": box, "label": label, "crop": crop_face(rgb, box, margin, size), "reason": ""})
+    import cv2
+
+    for i, sample in enumerate(samples):
+        crop = sample.pop("crop")
+        if crop is not None and not sample["reason"] == "tiny_image":
+            crop_path = f"{crop_prefix}_{i}.jpg"
+            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            atomic_write_bytes(crop_path, buf.tobytes())
+            sample["crop"] = crop_path
+        else:
+            sample["crop"] = None
+        record["samples"].append(sample)
+    atomic_write_json(record_path, record)
+    return record_path, record
+
+
+# ------------------------------------------------------------------------- the stage
+
+
+def _params(cfg: DictConfig) -> dict[str, Any]:
+    data = cfg.data
+    crop = data.face_crop
+    return {
+        "version": PROCESS_VERSION,
+        "crop_size": int(data.crop_size),
+        "margin": float(crop.margin),
+        "detect": bool(crop.enabled) and data.format == "folders",
+        "min_confidence": float(crop.min_confidence),
+        "min_face_size": int(crop.min_face_size),
+        "detect_max_side": int(crop.detect_max_side),
+        "min_image_side": int(data.min_image_side),
+        "min_box_size": int(data.get("min_box_size", 0)),
+        "max_pixels": int(data.max_pixels),
+    }
+
+
+def run(cfg: DictConfig, ctx: StageContext) -> PreparedData:
+    params = _params(cfg)
+    params_key = digest(params)
+    crops_root = ctx.cache_dir / "crops" / params_key
+    items = list_items(cfg.data)
+    log.info("prepare: %d files listed under %s", len(items), cfg.data.root)
+
+    # Content keys: hashing every file is cheap (I/O bound) and makes the cache exact.
+    # Exact duplicates share one key, so they are processed once.
+    records: dict[str, dict[str, Any]] = {}
+    keys: dict[str, tuple[str, int]] = {}
+    pending: dict[str, list[str]] = defaultdict(list)  # record path -> rels waiting on it
+    jobs = []
+    for item in tqdm(items, desc="hash", unit="file", disable=None, leave=False):
+        if item.problem:
+            continue
+        try:
+            data = item.path.read_bytes()
+        except OSError as exc:
+            records[item.rel] = {"status": "skipped", "reason": "unreadable", "detail": str(exc), "samples": []}
+            continue
+        objects_json = None if item.objects is None else json.dumps([[n, list(b)] for n, b in item.objects])
+        sha = sha256_bytes(data)
+        key = sha if objects_json is None else sha256_bytes(data + objects_json.encode())
+        keys[item.rel] = (sha, len(data))
+        record_path = str(crops_root / key[:2] / f"{key}.json")
+        cached_record = _read_record(record_path)
+        if cached_record is not None:
+            records[item.rel] = cached_record
+            continue
+        if record_path not in pending:
+            jobs.append((str(item.path), objects_json, params, record_path, str(crops_root / key[:2] / key)))
+        pending[record_path].append(item.rel)
+
+    cached = len(records)
+    workers = min(_workers(cfg), max(1, len(jobs)))
+    log.info("prepare: %d files cached, %d to process with %d workers", cached, len(jobs), workers)
+    if jobs:
+        if workers > 1:
+            spawn = mp.get_context("spawn")  # TensorFlow is not fork-safe
+            with spawn.Pool(workers, initializer=_init_worker, initargs=(1,)) as pool:
+                done = pool.imap_unordered(process_file, jobs, chunksize=4)
+                for record_path, record in tqdm(done, total=len(jobs), desc="prepare", unit="file", disable=None):
+                    for rel in pending[record_path]:
+                        records[rel] = record
+        else:
+            for job in tqdm(jobs, desc="prepare", unit="file", disable=None):
+                record_path, record = process_file(job)
+                for rel in pending[record_path]:
+                    records[rel] = record
+
+    rows = _rows(items, records, keys, cfg.data)
+    classes = _classes(cfg.data, rows)
+    kept = [r for r in rows if r["status"] == "ok"]
+    result = splitting.assign_splits(
+        sha256=[r["sha256"] for r in kept],
+        phash=[r["phash"] for r in kept],
+        source=[r["source"] for r in kept],
+        labels=[r["label"] for r in kept],
+        val_fraction=float(cfg.data.split.val),
+        test_fraction=float(cfg.data.split.test),
+        phash_max_distance=int(cfg.data.split.phash_max_distance),
+        seed=int(cfg.data.split.seed),
+    )
+    for row, name, gid in zip(kept, result.split, result.group):
+        row["split"], row["group"] = name, gid
+
+    data_digest = digest([(r["sample_id"], r["sha256"], r["label"], r["split"], r["status"]) for r in rows])
+    out_dir = ctx.run_dir / "prepare"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = out_dir / "manifest.csv"
+    _write_manifest(manifest, rows)
+    report = _report(rows, result, classes, cfg, data_digest, cached=cached, processed=len(jobs))
+    atomic_write_json(out_dir / "data_report.json", report)
+    (out_dir / "data_report.md").write_text(_report_markdown(report), encoding="utf-8")
+    _sample_grid(kept, classes, out_dir / "samples.png")
+    _log_mlflow(cfg, out_dir, manifest, report)
+    for line in _report_markdown(report).splitlines()[:30]:
+        log.info("%s", line)
+    return PreparedData(
+        manifest=manifest,
+        report=out_dir / "data_report.json",
+        classes=tuple(classes),
+        digest=data_digest,
+        counts=report["counts"],
+    )
+
+
+def _read_record(path: str) -> dict[str, Any] | None:
+    """A finished cache record, or None (missing, damaged, or from an older version)."""
+    try:
+        record = read_json(path)
+    except (OSError, ValueError):
+        return None
+    if record.get("version") != PROCESS_VERSION:
+        return None
+    crops = [s["crop"] for s in record.get("samples", []) if s.get("crop")]
+    return record if all(os.path.exists(c) for c in crops) else None
+
+
+def _workers(cfg: DictConfig) -> int:
+    workers = cfg.data.get("workers")
+    return int(workers) if workers else max(1, os.cpu_count() or 1)
+
+
+def _rows(items, records, keys, data_cfg) -> list[dict[str, Any]]:
+    patterns = list(data_cfg.split.get("source_patterns") or [])
+    rows = []
+    for item in items:
+        sha, size = keys.get(item.rel, ("", 0))
+        base = {"path": item.rel, "sha256": sha, "size_bytes": size, "split": "", "group": "", "crop": "",
+                "face": "", "det_score": "", "box": "", "width": "", "height": "", "mode": "", "phash": ""}
+        stem = Path(item.rel).stem
+        source = stem if data_cfg.format == "voc" else splitting.source_key(stem, patterns)
+        if item.problem:
+            reason, _, detail = item.problem.partition(": ")
+            rows.append({**base, "sample_id": item.rel, "label": item.label or "", "source": source or "", "status": "skipped", "reason": reason})
+            continue
+        record = records[item.rel]
+        if record["status"] != "ok":
+            rows.append({**base, "sample_id": item.rel, "label": item.label or "", "source": source or "", "status": "skipped", "reason": record["reason"]})
+            continue
+        meta = {k: record.get(k, "") for k in ("width", "height", "mode", "phash")}
+        for i, sample in enumerate(record["samples"]):
+            label = item.label if item.label is not None else sample["label"]
+            ok = sample["crop"] is not None and not sample["reason"]
+            rows.append({
+                **base, **meta,
+                "sample_id": item.rel if item.objects is None else f"{item.rel}#{i}",
+                "label": label, "source": source or "", "status": "ok" if ok else "skipped",
+                "reason": sample["reason"], "crop": sample["crop"] or "", "face": sample["face"],
+                "det_score": "" if sample["det_score"] is None else round(float(sample["det_score"]), 4),
+                "box": " ".join(str(int(v)) for v in sample["box"]) if sample["box"] is not None else "",
+            })
+    return rows
+
+
+def _classes(data_cfg: DictConfig, rows) -> list[str]:
+    if data_cfg.get("classes"):
+        classes = list(data_cfg.classes)
+        unknown = {r["label"] for r in rows if r["status"] == "ok"} - set(classes)
+        if unknown:
+            raise ValueError(f"labels {sorted(unknown)} are not in data.classes {classes}")
+        return classes
+    return sorted({r["label"] for r in rows if r["status"] == "ok"})
+
+
+def _write_manifest(path: Path, rows) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k, "") for k in MANIFEST_FIELDS})
+    os.replace(tmp, path)
+
+
+def read_manifest(path: Path, split: str | None = None) -> list[dict[str, str]]:
+    """Rows of a manifest that were kept (status ok), optionally for one split."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["status"] == "ok"]
+    return [r for r in rows if split is None or r["split"] == split]
+
+
+def _report(rows, result, classes, cfg, data_digest, cached: int, processed: int) -> dict[str, Any]:
+    counts: dict[str, dict[str, int]] = {s: {c: 0 for c in classes} for s in ("train", "val", "test")}
+    faces = Counter()
+    for r in rows:
+        if r["status"] == "ok":
+            counts[r["split"]][r["label"]] += 1
+            faces[r["face"]] += 1
+    skipped = [{"path": r["sample_id"], "label": r["label"], "reason": r["reason"]} for r in rows if r["status"] != "ok"]
+    return {
+        "dataset": cfg.data.name,
+        "root": str(cfg.data.root),
+        "digest": data_digest,
+        "files_listed": len({r["path"] for r in rows}),
+        "samples_kept": sum(1 for r in rows if r["status"] == "ok"),
+        "samples_skipped": len(skipped),
+        "skip_reasons": dict(Counter(s["reason"] for s in skipped)),
+        "skipped": skipped,
+        "classes": classes,
+        "counts": counts,
+        "face_source": dict(faces),
+        "groups": result.n_groups,
+        "near_duplicate_groups": result.n_near_duplicate_groups,
+        "exact_duplicate_groups": result.n_exact_duplicate_groups,
+        "same_source_groups": result.n_source_groups,
+        "mixed_label_groups": result.n_mixed_label_groups,
+        "phash_max_distance": int(cfg.data.split.phash_max_distance),
+        "files_from_cache": cached,
+        "files_processed": processed,
+    }
+
+
+def _report_markdown(report: dict[str, Any]) -> str:
+    classes = report["classes"]
+    lines = [
+        f"# Data report: {report['dataset']} (digest {report['digest']})",
+        "",
+        f"- files listed: {report['files_listed']}; samples kept: {report['samples_kept']}; skipped: {report['samples_skipped']}",
+        f"- files from cache: {report['files_from_cache']}; processed now: {report['files_processed']}",
+        f"- face source: {report['face_source']}",
+        f"- groups: {report['groups']}; near-duplicate groups (phash distance <= {report['phash_max_distance']}): "
+        f"{report['near_duplicate_groups']}; exact-duplicate groups: {report['exact_duplicate_groups']}; "
+        f"same-source groups: {report['same_source_groups']}; groups with mixed labels: {report['mixed_label_groups']}",
+        "",
+        "| split | " + " | ".join(classes) + " | total |",
+        "|---|" + "---|" * (len(classes) + 1),
+    ]
+    for split, by_class in report["counts"].items():
+        lines.append(f"| {split} | " + " | ".join(str(by_class[c]) for c in classes) + f" | {sum(by_class.values())} |")
+    lines += ["", "## Skipped, by reason", ""]
+    lines += [f"- {reason}: {n}" for reason, n in sorted(report["skip_reasons"].items())] or ["- none"]
+    lines += ["", "## Skipped files", ""]
+    lines += [f"- `{s['path']}` ({s['label'] or 'no label'}): {s['reason']}" for s in report["skipped"]] or ["- none"]
+    return "\n".join(lines) + "\n"
+
+
+def _sample_grid(kept, classes, path: Path, per_class: int = 8) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 1.4, len(classes) * 1.6), squeeze=False)
+    for row, label in enumerate(classes):
+        picks = sorted((r for r in kept if r["label"] == label and r["split"] == "train"), key=lambda r: r["sha256"])[:per_class]
+        for col in range(per_class):
+            ax = axes[row][col]
+            ax.axis("off")
+            if col < len(picks):
+                ax.imshow(Image.open(picks[col]["crop"]))
+                ax.set_title(picks[col]["face"], fontsize=6)
+        axes[row][0].text(-0.1, 0.5, label, transform=axes[row][0].transAxes, ha="right", va="center", fontsize=8)
+    fig.suptitle("training crops per class (title: crop source)", fontsize=9)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _log_mlflow(cfg: DictConfig, out_dir: Path, manifest: Path, report: dict[str, Any]) -> None:
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return
+    import pandas as pd
+
+    frame = pd.read_csv(manifest, keep_default_na=False)
+    dataset = mlflow.data.from_pandas(frame, source=str(cfg.data.root), name=cfg.data.name, targets="label")
+    mlflow.log_input(dataset, context="prepare")
+    mlflow.log_params({"data_digest": report["digest"], "data_name": cfg.data.name, "data_classes": ",".join(report["classes"])})
+    metrics = {
+        "prepare_samples_kept": report["samples_kept"],
+        "prepare_samples_skipped": report["samples_skipped"],
+        "prepare_near_duplicate_groups": report["near_duplicate_groups"],
+        "prepare_groups": report["groups"],
+    }
+    for split, by_class in report["counts"].items():
+        metrics[f"prepare_n_{split}"] = sum(by_class.values())
+    mlflow.log_metrics(metrics)
+    mlflow.log_artifacts(str(out_dir), artifact_path="prepare")

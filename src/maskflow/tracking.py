@@ -1,0 +1,82 @@
+"""MLflow set-up for one pipeline invocation: the store, the experiment, the run.
+
+Default store: ``sqlite:///<project>/mlflow.db`` with artifacts under ``<project>/mlruns/``,
+which is what a plain ``mlflow ui`` started in the project root reads. ``tracking=server``
+points at a tracking server instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def configure(cfg: DictConfig) -> str:
+    """Point MLflow at the configured store and make sure the experiment exists."""
+    import mlflow
+
+    tracking = cfg.tracking
+    mlflow.set_tracking_uri(str(tracking.uri))
+    if tracking.get("registry_uri"):
+        mlflow.set_registry_uri(str(tracking.registry_uri))
+    experiment = mlflow.get_experiment_by_name(tracking.experiment)
+    if experiment is None:
+        artifact_root = tracking.get("artifact_root")
+        location = Path(artifact_root).resolve().as_uri() + f"/{tracking.experiment}" if artifact_root else None
+        try:
+            experiment_id = mlflow.create_experiment(tracking.experiment, artifact_location=location)
+        except Exception:  # noqa: BLE001 - a parallel multirun job created it first
+            experiment_id = mlflow.get_experiment_by_name(tracking.experiment).experiment_id
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        commit = out.stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10)
+        return commit + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flat_params(cfg: DictConfig, prefix: str = "") -> dict[str, str]:
+    """The resolved config as flat ``group.key`` params (MLflow caps values at 6000 chars)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    out: dict[str, str] = {}
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{path}.{k}" if path else str(k))
+        else:
+            out[path] = str(node)[:6000]
+
+    walk(container, prefix)
+    return out
+
+
+@contextmanager
+def pipeline_run(cfg: DictConfig, root: Path, run_dir: Path) -> Iterator[str]:
+    """One MLflow run per pipeline invocation, with config, commit and run folder."""
+    import mlflow
+
+    configure(cfg)
+    tags = {"git_commit": git_commit(root), "run_dir": str(run_dir), "model": cfg.model.name, "data": cfg.data.name}
+    with mlflow.start_run(run_name=cfg.get("run_name"), tags=tags) as run:
+        params = flat_params(cfg)
+        items = sorted(params.items())
+        for i in range(0, len(items), 90):  # MLflow accepts at most 100 params per batch
+            mlflow.log_params(dict(items[i : i + 90]))
+        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        yield run.info.run_id
