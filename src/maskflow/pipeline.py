@@ -54,6 +54,11 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from maskflow import tracking
 
     stages = plan(list(cfg.stages))
+    if {"tune", "finetune"} & set(stages):
+        # Fail fast, before any data work, when the backbone's weights cannot be had.
+        from maskflow.backbones import resolve_weights
+
+        resolve_weights(cfg.model, list(cfg.paths.weights_dirs))
     cache_dir = Path(cfg.paths.cache_dir)
     ctx = StageContext(run_dir=run_dir, cache_dir=cache_dir)
     with tracking.pipeline_run(cfg, PROJECT_ROOT, run_dir) as run_id:

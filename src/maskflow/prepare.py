@@ -15,15 +15,13 @@ import csv
 import logging
 import multiprocessing as mp
 import os
-import shutil
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from maskflow import split as splitting
@@ -243,7 +241,9 @@ def _params(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def run(cfg: DictConfig, ctx: StageContext) -> PreparedData:
+def run(cfg: DictConfig, ctx: StageContext, name: str = "prepare") -> PreparedData:
+    """Prepare ``cfg.data``; ``name`` names the output folder and the MLflow prefix (an
+    extra evaluation set is prepared as ``xtest_<set>``)."""
     params = _params(cfg)
     params_key = digest(params)
     crops_root = ctx.cache_dir / "crops" / params_key
@@ -300,18 +300,18 @@ def run(cfg: DictConfig, ctx: StageContext) -> PreparedData:
     result = splitting.assign_splits(
         sha256=[r["sha256"] for r in kept],
         phash=[r["phash"] for r in kept],
-        source=[r["source"] for r in kept],
+        source=[r["source"] or None for r in kept],
         labels=[r["label"] for r in kept],
         val_fraction=float(cfg.data.split.val),
         test_fraction=float(cfg.data.split.test),
         phash_max_distance=int(cfg.data.split.phash_max_distance),
         seed=int(cfg.data.split.seed),
     )
-    for row, name, gid in zip(kept, result.split, result.group):
-        row["split"], row["group"] = name, gid
+    for row, split_name, gid in zip(kept, result.split, result.group):
+        row["split"], row["group"] = split_name, gid
 
     data_digest = digest([(r["sample_id"], r["sha256"], r["label"], r["split"], r["status"]) for r in rows])
-    out_dir = ctx.run_dir / "prepare"
+    out_dir = ctx.run_dir / name
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = out_dir / "manifest.csv"
     _write_manifest(manifest, rows)
@@ -319,7 +319,7 @@ def run(cfg: DictConfig, ctx: StageContext) -> PreparedData:
     atomic_write_json(out_dir / "data_report.json", report)
     (out_dir / "data_report.md").write_text(_report_markdown(report), encoding="utf-8")
     _sample_grid(kept, classes, out_dir / "samples.png")
-    _log_mlflow(cfg, out_dir, manifest, report)
+    _log_mlflow(cfg, out_dir, manifest, report, name)
     for line in _report_markdown(report).splitlines()[:30]:
         log.info("%s", line)
     return PreparedData(
@@ -374,7 +374,7 @@ def _rows(items, records, keys, data_cfg) -> list[dict[str, Any]]:
                 "sample_id": item.rel if item.objects is None else f"{item.rel}#{i}",
                 "label": label, "source": source or "", "status": "ok" if ok else "skipped",
                 "reason": sample["reason"], "crop": sample["crop"] or "", "face": sample["face"],
-                "det_score": "" if sample["det_score"] is None else round(float(sample["det_score"]), 4),
+                "det_score": "" if sample.get("det_score") is None else round(float(sample["det_score"]), 4),
                 "box": " ".join(str(int(v)) for v in sample["box"]) if sample["box"] is not None else "",
             })
     return rows
@@ -484,7 +484,7 @@ def _sample_grid(kept, classes, path: Path, per_class: int = 8) -> None:
     plt.close(fig)
 
 
-def _log_mlflow(cfg: DictConfig, out_dir: Path, manifest: Path, report: dict[str, Any]) -> None:
+def _log_mlflow(cfg: DictConfig, out_dir: Path, manifest: Path, report: dict[str, Any], name: str) -> None:
     import mlflow
 
     if mlflow.active_run() is None:
@@ -493,15 +493,16 @@ def _log_mlflow(cfg: DictConfig, out_dir: Path, manifest: Path, report: dict[str
 
     frame = pd.read_csv(manifest, keep_default_na=False)
     dataset = mlflow.data.from_pandas(frame, source=str(cfg.data.root), name=cfg.data.name, targets="label")
-    mlflow.log_input(dataset, context="prepare")
-    mlflow.log_params({"data_digest": report["digest"], "data_name": cfg.data.name, "data_classes": ",".join(report["classes"])})
+    mlflow.log_input(dataset, context="training" if name == "prepare" else "evaluation")
+    if name == "prepare":
+        mlflow.log_params({"data_digest": report["digest"], "data_name": cfg.data.name, "data_classes": ",".join(report["classes"])})
     metrics = {
-        "prepare_samples_kept": report["samples_kept"],
-        "prepare_samples_skipped": report["samples_skipped"],
-        "prepare_near_duplicate_groups": report["near_duplicate_groups"],
-        "prepare_groups": report["groups"],
+        f"{name}_samples_kept": report["samples_kept"],
+        f"{name}_samples_skipped": report["samples_skipped"],
+        f"{name}_near_duplicate_groups": report["near_duplicate_groups"],
+        f"{name}_groups": report["groups"],
     }
     for split, by_class in report["counts"].items():
-        metrics[f"prepare_n_{split}"] = sum(by_class.values())
+        metrics[f"{name}_n_{split}"] = sum(by_class.values())
     mlflow.log_metrics(metrics)
-    mlflow.log_artifacts(str(out_dir), artifact_path="prepare")
+    mlflow.log_artifacts(str(out_dir), artifact_path=name)

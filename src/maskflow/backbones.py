@@ -1,0 +1,155 @@
+"""Backbones from ``keras.applications``, ImageNet weights resolved offline first.
+
+A backbone is a config file (``conf/model/<name>.yaml``) naming a constructor of
+``keras.applications``, its preprocessing, input size and weights file. Weights are
+looked for, in order, in the configured weight folders, in the Keras cache, and only then
+downloaded; when none works the run stops before any training with a message naming
+the file, the places searched and the two ways out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from maskflow.cache import sha256_file
+
+log = logging.getLogger(__name__)
+
+# Preprocessing modes of keras.applications, as in-graph layers (exports carry them).
+_TORCH_MEAN = (0.485, 0.456, 0.406)
+_TORCH_STD = (0.229, 0.224, 0.225)
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+class WeightsUnavailable(RuntimeError):
+    """ImageNet weights for a backbone can be found neither locally nor by download."""
+
+
+@keras.saving.register_keras_serializable(package="maskflow")
+class Preprocess(keras.layers.Layer):
+    """RGB in [0, 255] -> the input a backbone was trained on (mode: tf|torch|caffe|none)."""
+
+    def __init__(self, mode: str = "tf", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if mode not in ("tf", "torch", "caffe", "none"):
+            raise ValueError(f"unknown preprocess mode {mode!r}")
+        self.mode = mode
+
+    def call(self, x):
+        ops = keras.ops
+        x = ops.cast(x, "float32")
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        if self.mode == "torch":
+            mean = ops.convert_to_tensor(np.array(_TORCH_MEAN, "float32") * 255.0)
+            std = ops.convert_to_tensor(np.array(_TORCH_STD, "float32") * 255.0)
+            return (x - mean) / std
+        if self.mode == "caffe":
+            return ops.flip(x, axis=-1) - ops.convert_to_tensor(np.array(_CAFFE_MEAN_BGR, "float32"))
+        return x
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "mode": self.mode}
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """What to pass as ``weights=`` and what to log about it."""
+
+    argument: str | None  # a file path, or None for random init
+    file: str | None
+    sha256: str | None
+    origin: str  # "local", "keras-cache", "download", "path", "random"
+
+
+def keras_cache_dir() -> Path:
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+
+
+def resolve_weights(model_cfg: DictConfig, weights_dirs: Sequence[str], allow_download: bool = True) -> ResolvedWeights:
+    """Find the weights a model config asks for; raise :class:`WeightsUnavailable` if none."""
+    weights = model_cfg.get("weights")
+    if weights is None or str(weights).lower() in ("null", "none", "random"):
+        return ResolvedWeights(None, None, None, "random")
+    if str(weights) != "imagenet":
+        path = Path(str(weights)).expanduser()
+        if not path.is_file():
+            raise WeightsUnavailable(f"model.weights={weights} is not a file")
+        return ResolvedWeights(str(path), path.name, sha256_file(path), "path")
+    filename = str(model_cfg.weights_file)
+    searched = [Path(d).expanduser() for d in weights_dirs if d] + [keras_cache_dir()]
+    for folder in searched:
+        candidate = folder / filename
+        if candidate.is_file():
+            origin = "keras-cache" if folder == keras_cache_dir() else "local"
+            return ResolvedWeights(str(candidate), filename, sha256_file(candidate), origin)
+    error = "downloads disabled"
+    if allow_download and model_cfg.get("weights_url"):
+        try:
+            fetched = keras.utils.get_file(filename, origin=str(model_cfg.weights_url), cache_subdir="models")
+            return ResolvedWeights(fetched, filename, sha256_file(fetched), "download")
+        except Exception as exc:  # noqa: BLE001 - any network failure means "not available"
+            error = f"{type(exc).__name__}: {str(exc)[:200]}"
+    places = "\n".join(f"  - {p}" for p in searched)
+    raise WeightsUnavailable(
+        f"ImageNet weights for model '{model_cfg.name}' ({model_cfg.constructor}) are not available.\n"
+        f"Looked for the file {filename} in:\n{places}\n"
+        f"and the download from {model_cfg.get('weights_url')} failed ({error}).\n"
+        "Ways out:\n"
+        f"  1. put {filename} into one of those folders (or set MASKFLOW_WEIGHTS_DIR / paths.weights_dirs),\n"
+        "     or pass a file: model.weights=/path/to/weights.h5\n"
+        "  2. train from random initialisation: model.weights=null"
+    )
+
+
+def constructor(model_cfg: DictConfig):
+    name = str(model_cfg.constructor)
+    fn = getattr(keras.applications, name, None)
+    if fn is None:
+        raise ValueError(f"model.constructor={name!r} is not in keras.applications")
+    return fn
+
+
+def build_backbone(model_cfg: DictConfig, weights: ResolvedWeights, input_size: int | None = None) -> keras.Model:
+    """The convolutional base with global average pooling: image -> embedding vector."""
+    size = int(input_size or model_cfg.input_size)
+    kwargs = OmegaConf.to_container(model_cfg.get("kwargs") or {}, resolve=True)
+    # Weight files are size independent; passing the path lets any input size load them.
+    return constructor(model_cfg)(
+        include_top=False, weights=weights.argument, input_shape=(size, size, 3), pooling="avg", **kwargs
+    )
+
+
+def feature_extractor(model_cfg: DictConfig, weights: ResolvedWeights) -> keras.Model:
+    """uint8-range RGB -> preprocessing -> backbone (inference mode) -> embedding."""
+    size = int(model_cfg.input_size)
+    inputs = keras.Input((size, size, 3), name="image")
+    backbone = build_backbone(model_cfg, weights)
+    outputs = backbone(Preprocess(str(model_cfg.preprocess))(inputs), training=False)
+    return keras.Model(inputs, outputs, name=f"{model_cfg.name}_features")
+
+
+def augmentation(aug_cfg: DictConfig, seed: int | None = None) -> keras.Sequential:
+    """Photometric and geometric augmentation on uint8-range RGB; active only in training."""
+    layers: list[keras.layers.Layer] = []
+    if aug_cfg.get("flip"):
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if aug_cfg.get("rotation"):
+        layers.append(keras.layers.RandomRotation(float(aug_cfg.rotation), fill_mode="reflect", seed=seed))
+    if aug_cfg.get("zoom"):
+        layers.append(keras.layers.RandomZoom(float(aug_cfg.zoom), fill_mode="reflect", seed=seed))
+    if aug_cfg.get("brightness"):
+        layers.append(keras.layers.RandomBrightness(float(aug_cfg.brightness), value_range=(0, 255), seed=seed))
+    if aug_cfg.get("contrast"):
+        layers.append(keras.layers.RandomContrast(float(aug_cfg.contrast), value_range=(0, 255), seed=seed))
+    if aug_cfg.get("blur"):
+        layers.append(keras.layers.RandomGaussianBlur(factor=float(aug_cfg.blur), kernel_size=3, sigma=(0.1, 1.5), value_range=(0, 255), seed=seed))
+    return keras.Sequential(layers, name="augment")

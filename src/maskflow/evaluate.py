@@ -1,0 +1,288 @@
+"""Stage ``evaluate``: honest test-split metrics, cross-dataset metrics, cost of the model.
+
+Metrics land in the pipeline's MLflow run as ``test_*`` (the leak-free test split) and
+``xtest_<set>_*`` (every usable sample of each set in ``evaluate.extra``, which is never
+trained or tuned on), next to complexity (``params_total``, ``model_size_mb``,
+``flops_b1``) and CPU cost (``latency_ms_b1``, ``throughput_b32``). Plots go under
+``evaluate/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from maskflow.contracts import Evaluation, PreparedData, StageContext, TrainedModel
+from maskflow.datasets import image_dataset, split_arrays
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by count."""
+    conf, pred = probs.max(axis=1), probs.argmax(axis=1)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        mask = (conf > lo) & (conf <= hi)
+        if mask.any():
+            ece += mask.mean() * abs((pred[mask] == y[mask]).mean() - conf[mask].mean())
+    return float(ece)
+
+
+def classification_metrics(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], bins: int = 10) -> dict[str, float]:
+    """Accuracy, macro F1, per-class P/R/F1, ROC-AUC (one-vs-rest), log loss and ECE.
+
+    Only classes present in ``y`` enter per-class and AUC numbers (a cross-dataset set
+    may lack one); predictions of absent classes still count as errors."""
+    from sklearn.metrics import f1_score, log_loss, precision_recall_fscore_support, roc_auc_score
+
+    pred = probs.argmax(axis=1)
+    labels = list(range(len(classes)))
+    present = sorted(set(y.tolist()))
+    out: dict[str, float] = {"accuracy": float((pred == y).mean()), "n": float(len(y))}
+    out["f1_macro"] = float(f1_score(y, pred, labels=present, average="macro", zero_division=0))
+    p, r, f, _ = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    for i in present:
+        out[f"precision_{classes[i]}"], out[f"recall_{classes[i]}"], out[f"f1_{classes[i]}"] = float(p[i]), float(r[i]), float(f[i])
+    out["loss"] = float(log_loss(y, np.clip(probs, 1e-7, 1.0), labels=labels))
+    out["ece"] = expected_calibration_error(probs, y, bins)
+    if len(present) == 2 and len(classes) == 2:
+        out["roc_auc"] = float(roc_auc_score(y, probs[:, 1]))
+    elif len(present) > 2:
+        sub = probs[:, present] / np.clip(probs[:, present].sum(axis=1, keepdims=True), 1e-12, None)
+        out["roc_auc"] = float(roc_auc_score(y, sub, multi_class="ovr", labels=present))
+    elif len(present) == 2:
+        a, b = present
+        out["roc_auc"] = float(roc_auc_score((y == b).astype(int), probs[:, b] / np.clip(probs[:, a] + probs[:, b], 1e-12, None)))
+    return out
+
+
+def confusion(y: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
+    matrix = np.zeros((n, n), dtype=np.int64)
+    np.add.at(matrix, (y, pred), 1)
+    return matrix
+
+
+# ------------------------------------------------------------------------ model costs
+
+
+def latency(model, size: int, runs: int) -> dict[str, float]:
+    """Median single-image latency (ms) and batch-32 throughput (images/s) on this CPU."""
+    import tensorflow as tf
+
+    call = tf.function(lambda x: model(x, training=False))
+    one = tf.random.uniform((1, size, size, 3), 0, 255, seed=0)
+    batch = tf.random.uniform((32, size, size, 3), 0, 255, seed=0)
+    for _ in range(3):
+        call(one).numpy()
+    call(batch).numpy()
+    times = []
+    for _ in range(max(1, runs)):
+        t = time.perf_counter()
+        call(one).numpy()
+        times.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    reps = max(1, runs // 10)
+    for _ in range(reps):
+        call(batch).numpy()
+    per_batch = (time.perf_counter() - t) / reps
+    return {"latency_ms_b1": float(np.median(times) * 1000), "latency_ms_b1_p95": float(np.percentile(times, 95) * 1000),
+            "throughput_b32": float(32 / per_batch)}
+
+
+def flops(model, size: int) -> float | None:
+    """Floating-point operations of one forward pass (TF profiler on the frozen graph)."""
+    try:
+        import tensorflow as tf
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+        concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(tf.TensorSpec((1, size, size, 3), tf.float32))
+        graph = convert_variables_to_constants_v2(concrete).graph
+        builder = tf.compat.v1.profiler.ProfileOptionBuilder
+        options = builder(builder.float_operation()).with_empty_output().build()
+        info = tf.compat.v1.profiler.profile(graph=graph, run_meta=tf.compat.v1.RunMetadata(), cmd="op", options=options)
+        return float(info.total_float_ops) if info.total_float_ops else None
+    except Exception as exc:  # noqa: BLE001 - FLOPs are optional, never a failure
+        log.warning("FLOPs not computed: %s", exc)
+        return None
+
+
+# ------------------------------------------------------------------------------ plots
+
+
+def _plots(out: Path, y, probs, classes, cm, history: list[dict[str, float]], paths: Sequence[str], bins: int, worst: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.6 * n + 2, 1.6 * n + 1.5))
+    ax.imshow(cm, cmap="Blues")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="black")
+    ax.set_xticks(range(n), classes, rotation=30, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix (test)")
+    fig.savefig(out / "confusion_matrix.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(10, 4))
+    for i, name in enumerate(classes):
+        positives = (y == i).astype(int)
+        if 0 < positives.sum() < len(y):
+            fpr, tpr, _ = roc_curve(positives, probs[:, i])
+            prec, rec, _ = precision_recall_curve(positives, probs[:, i])
+            ax_roc.plot(fpr, tpr, label=name)
+            ax_pr.plot(rec, prec, label=name)
+    ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (one-vs-rest)")
+    ax_pr.set(xlabel="recall", ylabel="precision", title="precision-recall")
+    ax_roc.legend()
+    ax_pr.legend()
+    fig.savefig(out / "roc_pr.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+    conf, correct = probs.max(axis=1), probs.argmax(axis=1) == y
+    edges = np.linspace(0, 1, bins + 1)
+    centers, accs = [], []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        mask = (conf > lo) & (conf <= hi)
+        if mask.any():
+            centers.append(conf[mask].mean())
+            accs.append(correct[mask].mean())
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.plot(centers, accs, "o-")
+    ax.set(xlabel="confidence", ylabel="accuracy", title="reliability (test)")
+    fig.savefig(out / "reliability.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+    if history:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        epochs = range(1, len(history) + 1)
+        for metric, ax in zip(("loss", "accuracy"), axes):
+            for prefix in ("", "val_"):
+                if prefix + metric in history[0]:
+                    ax.plot(epochs, [h[prefix + metric] for h in history], "o-", label=prefix + metric)
+            ax.set(xlabel="epoch", title=f"fine-tuning {metric}")
+            ax.legend()
+        fig.savefig(out / "training_curves.png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+
+    wrong = np.nonzero(~correct)[0]
+    wrong = wrong[np.argsort(-conf[wrong])][:worst]
+    if len(wrong):
+        cols = min(8, len(wrong))
+        rows = int(np.ceil(len(wrong) / cols))
+        fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9), squeeze=False)
+        for ax in axes.ravel():
+            ax.axis("off")
+        for ax, i in zip(axes.ravel(), wrong):
+            ax.imshow(Image.open(paths[i]))
+            ax.set_title(f"true {classes[y[i]]}\npred {classes[probs[i].argmax()]} {conf[i]:.2f}", fontsize=6)
+        fig.suptitle("most confident mistakes (test)", fontsize=9)
+        fig.savefig(out / "worst_mistakes.png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+
+
+# ------------------------------------------------------------------------- the stage
+
+
+def predict(model, paths: Sequence[str], size: int, batch_size: int) -> np.ndarray:
+    if not paths:
+        return np.zeros((0, model.output_shape[-1]), np.float32)
+    return np.asarray(model.predict(image_dataset(paths, size, batch_size), verbose=0), dtype=np.float64)
+
+
+def load_model(path: Path):
+    import keras
+
+    from maskflow import backbones  # noqa: F401 - registers the Preprocess layer
+
+    return keras.models.load_model(path, compile=False)
+
+
+def run(cfg: DictConfig, ctx: StageContext) -> Evaluation:
+    import mlflow
+
+    from maskflow import prepare
+    from maskflow.cache import atomic_write_json, read_json
+
+    prepared: PreparedData = ctx.need("prepare")
+    trained: TrainedModel = ctx.need("finetune")
+    ev = cfg.evaluate
+    model = load_model(trained.model_path)
+    size, classes = trained.input_size, list(trained.classes)
+    out = ctx.run_dir / "evaluate"
+    out.mkdir(parents=True, exist_ok=True)
+
+    paths, y = split_arrays(prepared.manifest, "test", classes)
+    if len(paths) == 0:
+        raise RuntimeError("the test split is empty: nothing to evaluate")
+    probs = predict(model, paths, size, int(ev.batch_size))
+    metrics = {f"test_{k}": v for k, v in classification_metrics(y, probs, classes, int(ev.calibration_bins)).items()}
+    cm = confusion(y, probs.argmax(axis=1), len(classes))
+    history = read_json(trained.history).get("history", [])
+    _plots(out, y, probs, classes, cm, history, paths, int(ev.calibration_bins), int(ev.worst_mistakes))
+    np.savetxt(out / "confusion_matrix.csv", cm, fmt="%d", delimiter=",", header=",".join(classes))
+
+    metrics["params_total"] = float(model.count_params())
+    metrics["model_size_mb"] = trained.model_path.stat().st_size / 2**20
+    n_flops = flops(model, size)
+    if n_flops:
+        metrics["flops_b1"] = n_flops
+    metrics.update(latency(model, size, int(ev.latency_runs)))
+
+    for name in ev.get("extra") or []:
+        metrics.update(_cross_dataset(cfg, ctx, model, size, classes, str(name)))
+
+    atomic_write_json(out / "metrics.json", metrics)
+    log.info("evaluate: test_accuracy %.4f, test_f1_macro %.4f, latency %.1f ms; %s", metrics["test_accuracy"],
+             metrics["test_f1_macro"], metrics["latency_ms_b1"], {k: round(v, 4) for k, v in metrics.items() if k.startswith("xtest_") and k.endswith("accuracy")})
+    if mlflow.active_run() is not None:
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifacts(str(out), "evaluate")
+    return Evaluation(metrics=metrics, report_dir=out)
+
+
+def _cross_dataset(cfg: DictConfig, ctx: StageContext, model, size: int, classes: list[str], name: str) -> dict[str, float]:
+    """Every usable sample of another data config, scored with this model's classes."""
+    from maskflow import prepare
+    from maskflow.config import CONF_DIR
+
+    config_file = CONF_DIR / "data" / f"{name}.yaml"
+    if not config_file.exists():
+        raise FileNotFoundError(f"evaluate.extra names '{name}', but {config_file} does not exist")
+    sub = cfg.copy()
+    with open_dict(sub):
+        sub.data = OmegaConf.load(config_file)
+    if sub.data.name == cfg.data.name and sub.data.root == cfg.data.root:
+        raise ValueError(f"evaluate.extra '{name}' is the training set itself")
+    tag = f"xtest_{name.replace('-', '_')}"
+    extra = prepare.run(sub, ctx, name=tag)
+    index = {c: i for i, c in enumerate(classes)}
+    rows = [r for r in prepare.read_manifest(extra.manifest)]
+    usable = [r for r in rows if r["label"] in index]
+    dropped = len(rows) - len(usable)
+    if not usable:
+        log.warning("%s: no sample carries one of the model's classes %s", tag, classes)
+        return {f"{tag}_n": 0.0}
+    y = np.array([index[r["label"]] for r in usable])
+    probs = predict(model, [r["crop"] for r in usable], size, int(cfg.evaluate.batch_size))
+    metrics = {f"{tag}_{k}": v for k, v in classification_metrics(y, probs, classes, int(cfg.evaluate.calibration_bins)).items()}
+    metrics[f"{tag}_dropped_other_classes"] = float(dropped)
+    return metrics

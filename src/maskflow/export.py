@@ -1,0 +1,223 @@
+"""Stage ``export``: portable models, each re-scored on the test split, and the registry.
+
+Formats: ``.keras``, TF SavedModel, TFLite float16 and TFLite int8 (calibrated on
+train-split crops). Each export's test accuracy, change against the Keras model, size
+and single-image latency are logged (``export_<format>_*``). A pyfunc model (Keras model
++ preprocessing + class names) is logged with a signature and input example and
+registered as a version of ``export.registered_model``; a version already registered
+for the same trained model is reused, so re-running does not pile up versions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from omegaconf import DictConfig
+
+from maskflow.contracts import Evaluation, Exported, PreparedData, StageContext, TrainedModel
+from maskflow.datasets import split_arrays
+
+log = logging.getLogger(__name__)
+
+
+def _images(paths: Sequence[str], size: int) -> Iterable[np.ndarray]:
+    from PIL import Image
+
+    from maskflow.faces import resize_square
+
+    for p in paths:
+        yield resize_square(np.asarray(Image.open(p).convert("RGB")), size).astype(np.float32)
+
+
+def to_tflite(saved_model: Path, mode: str, representative: Sequence[str], size: int) -> bytes:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif mode == "int8":
+        # Full-integer kernels inside; float input/output so callers feed the same images.
+        converter.representative_dataset = lambda: ([img[None]] for img in _images(representative, size))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    else:
+        raise ValueError(mode)
+    return converter.convert()
+
+
+class TFLiteClassifier:
+    """A TFLite model behind ``predict(batch)`` (runs image by image, as on a device)."""
+
+    def __init__(self, model_path: Path, threads: int | None = None) -> None:
+        import tensorflow as tf
+
+        self.interpreter = tf.lite.Interpreter(model_path=str(model_path), num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]["index"]
+        self.output = self.interpreter.get_output_details()[0]["index"]
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        out = []
+        for image in batch:
+            self.interpreter.set_tensor(self.input, image[None].astype(np.float32))
+            self.interpreter.invoke()
+            out.append(self.interpreter.get_tensor(self.output)[0].copy())
+        return np.array(out)
+
+
+def _score(predict, paths: Sequence[str], y: np.ndarray, size: int, batch: int = 32) -> tuple[float, float]:
+    """(accuracy, median single-image latency ms) of a ``predict(batch) -> probs`` callable."""
+    preds = []
+    paths = list(paths)
+    for i in range(0, len(paths), batch):
+        preds.append(np.asarray(predict(np.stack(list(_images(paths[i : i + batch], size))))).argmax(axis=1))
+    accuracy = float((np.concatenate(preds) == y).mean())
+    one = np.stack(list(_images(paths[:1], size)))
+    predict(one)
+    times = []
+    for _ in range(20):
+        t = time.perf_counter()
+        predict(one)
+        times.append(time.perf_counter() - t)
+    return accuracy, float(np.median(times) * 1000)
+
+
+def run(cfg: DictConfig, ctx: StageContext) -> Exported:
+    import keras
+    import mlflow
+    import tensorflow as tf
+
+    from maskflow.evaluate import load_model
+
+    prepared: PreparedData = ctx.need("prepare")
+    trained: TrainedModel = ctx.need("finetune")
+    evaluation: Evaluation = ctx.need("evaluate")
+    ex = cfg.export
+    out = ctx.run_dir / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    size, classes = trained.input_size, list(trained.classes)
+    model = load_model(trained.model_path)
+
+    paths, y = split_arrays(prepared.manifest, "test", classes)
+    if ex.get("eval_limit"):
+        paths, y = paths[: int(ex.eval_limit)], y[: int(ex.eval_limit)]
+    rep_paths, _ = split_arrays(prepared.manifest, "train", classes)
+    rep_paths = sorted(rep_paths)[:: max(1, len(rep_paths) // int(ex.representative_samples))][: int(ex.representative_samples)]
+
+    artifacts: dict[str, Path] = {}
+    metrics: dict[str, float] = {}
+    keras_call = tf.function(lambda b: model(b, training=False))  # graph mode, as a server would run it
+    base_acc, base_ms = _score(lambda b: keras_call(tf.constant(b)).numpy(), paths, y, size)
+    metrics.update(export_keras_test_accuracy=base_acc, export_keras_latency_ms_b1=base_ms)
+    formats = list(ex.formats)
+    if "keras" in formats:
+        artifacts["keras"] = out / "model.keras"
+        shutil.copy(trained.model_path, artifacts["keras"])
+    saved = out / "saved_model"
+    if {"savedmodel", "tflite_fp16", "tflite_int8"} & set(formats):
+        if saved.exists():
+            shutil.rmtree(saved)
+        model.export(str(saved), format="tf_saved_model", verbose=False)
+        artifacts["savedmodel"] = saved
+        if "savedmodel" in formats:
+            served = tf.saved_model.load(str(saved))
+            acc, ms = _score(lambda b: served.serve(tf.constant(b)).numpy(), paths, y, size)
+            metrics.update(export_savedmodel_test_accuracy=acc, export_savedmodel_latency_ms_b1=ms)
+    for fmt in ("tflite_fp16", "tflite_int8"):
+        if fmt not in formats:
+            continue
+        target = out / f"model_{fmt.split('_')[1]}.tflite"
+        target.write_bytes(to_tflite(saved, fmt.split("_")[1], rep_paths, size))
+        artifacts[fmt] = target
+        acc, ms = _score(TFLiteClassifier(target).predict, paths, y, size)
+        metrics.update({f"export_{fmt}_test_accuracy": acc, f"export_{fmt}_latency_ms_b1": ms,
+                        f"export_{fmt}_size_mb": target.stat().st_size / 2**20})
+    for fmt in formats:
+        if f"export_{fmt}_test_accuracy" in metrics:
+            metrics[f"export_{fmt}_accuracy_delta"] = metrics[f"export_{fmt}_test_accuracy"] - base_acc
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    log.info("export: %s", {k: round(v, 4) for k, v in metrics.items()})
+
+    version = None
+    if mlflow.active_run() is not None:
+        mlflow.log_metrics(metrics)
+        for fmt, path in artifacts.items():
+            if path.is_dir():
+                mlflow.log_artifacts(str(path), f"export/{path.name}")
+            else:
+                mlflow.log_artifact(str(path), "export")
+        version = _register(cfg, ctx, trained, prepared, evaluation, out)
+    return Exported(artifacts=artifacts, registered_model=str(ex.registered_model) if version else None, version=version, alias=None)
+
+
+def _register(cfg, ctx, trained: TrainedModel, prepared: PreparedData, evaluation: Evaluation, out: Path) -> str:
+    """Log the pyfunc model and register it, reusing a version of the same trained model."""
+    import mlflow
+    from mlflow.models import infer_signature
+    from mlflow.tracking import MlflowClient
+
+    from maskflow import serving
+    from maskflow.cache import sha256_file
+
+    name = str(cfg.export.registered_model)
+    model_sha = sha256_file(trained.model_path)
+    client = MlflowClient()
+    try:
+        existing = client.search_model_versions(f"name = '{name}' and tag.model_sha256 = '{model_sha}'")
+    except Exception:  # noqa: BLE001 - older servers lack tag filters; register anew
+        existing = []
+    if existing:
+        version = str(max(int(v.version) for v in existing))
+        log.info("export: model already registered as %s version %s", name, version)
+        mlflow.set_tag("registered_version", version)
+        return version
+
+    meta = out / "pyfunc_meta.json"
+    meta.write_text(json.dumps({"classes": list(trained.classes), "input_size": trained.input_size, "model": cfg.model.name}))
+    example_paths = [r for r in split_arrays(prepared.manifest, "test", trained.classes)[0][:2]]
+    example = serving.encode_images(example_paths)
+    python_model = serving.MaskClassifier()
+    signature = infer_signature(example, _predict_locally(python_model, trained, meta, example))
+    package_dir = Path(serving.__file__).parent
+    info = mlflow.pyfunc.log_model(
+        name="pyfunc",
+        python_model=python_model,
+        artifacts={"keras_model": str(trained.model_path), "meta": str(meta)},
+        code_paths=[str(package_dir)],
+        signature=signature,
+        input_example=example,
+        pip_requirements=_requirements(),
+    )
+    registered = mlflow.register_model(info.model_uri, name)
+    version = str(registered.version)
+    tags = {"backbone": cfg.model.name, "data_digest": prepared.digest, "data_name": cfg.data.name,
+            "model_sha256": model_sha, "run_id": ctx.run_id or "",
+            **{k: f"{v:.6g}" for k, v in evaluation.metrics.items() if k.startswith("test_") or k in ("latency_ms_b1", "params_total")}}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    mlflow.set_tag("registered_version", version)
+    log.info("export: registered %s version %s", name, version)
+    return version
+
+
+def _predict_locally(python_model, trained: TrainedModel, meta: Path, example):
+    class _Context:
+        artifacts = {"keras_model": str(trained.model_path), "meta": str(meta)}
+
+    python_model.load_context(_Context())
+    result = python_model.predict(_Context(), example)
+    del python_model.model  # the logged model must not pickle the Keras model
+    return result
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    pkgs = ("tensorflow", "keras", "numpy", "pandas", "pillow", "opencv-python-headless", "mlflow", "mtcnn", "omegaconf")
+    return [f"{p}=={version(p)}" for p in pkgs]

@@ -1,0 +1,199 @@
+"""Stage ``finetune``: backbone + tuned head, top of the backbone unfrozen, lower LR.
+
+The head starts from the tuned weights; the backbone's top ``model.finetune_layers``
+layers are unfrozen while BatchNorm stays in inference mode (the backbone is called
+with ``training=False`` and its BatchNorm layers stay frozen). Training uses on-the-fly
+augmentation, class weights when the search chose them, early stopping on val_loss
+with the best epoch restored, and checkpoints in the cache so an interrupted run
+resumes (``BackupAndRestore``). ``train.epochs=0`` keeps the head on the frozen backbone.
+If fine-tuning does not lower val_loss the head-only weights are kept (logged as such).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from maskflow import backbones
+from maskflow.cache import atomic_write_json, digest, read_json
+from maskflow.contracts import PreparedData, StageContext, TrainedModel, TunedHead
+from maskflow.datasets import balanced_class_weights, image_dataset, split_arrays
+
+log = logging.getLogger(__name__)
+
+
+def build_classifier(cfg: DictConfig, tuned: TunedHead, weights: backbones.ResolvedWeights) -> tuple[keras.Model, keras.Model]:
+    """(full model, backbone): RGB [0, 255] -> augment -> preprocess -> backbone -> head."""
+    size = int(cfg.model.input_size)
+    inputs = keras.Input((size, size, 3), name="image")
+    backbone = backbones.build_backbone(cfg.model, weights)
+    head = keras.models.load_model(tuned.head_model, compile=False)
+    x = backbones.augmentation(cfg.train.augment, seed=int(cfg.seed))(inputs)
+    x = backbones.Preprocess(str(cfg.model.preprocess), name="preprocess")(x)
+    x = backbone(x, training=False)  # BatchNorm statistics stay frozen
+    outputs = head(x)
+    return keras.Model(inputs, outputs, name=f"maskflow_{cfg.model.name}"), backbone
+
+
+def inference_model(model: keras.Model) -> keras.Model:
+    """The trained model without its augmentation layer (identity at inference anyway),
+    so exports and serving carry only preprocessing, backbone and head."""
+    size = model.input_shape[1]
+    inputs = keras.Input((size, size, 3), name="image")
+    x = model.get_layer("preprocess")(inputs)
+    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name not in ("augment", "head"))
+    x = backbone(x, training=False)
+    outputs = model.get_layer("head")(x)
+    return keras.Model(inputs, outputs, name=model.name)
+
+
+def unfreeze_top(backbone: keras.Model, n_layers: int) -> int:
+    """Make the top ``n_layers`` non-BatchNorm layers trainable; return how many."""
+    backbone.trainable = True
+    cut = max(0, len(backbone.layers) - int(n_layers))
+    unfrozen = 0
+    for i, layer in enumerate(backbone.layers):
+        trainable = i >= cut and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = trainable
+        unfrozen += int(trainable and bool(layer.weights))
+    return unfrozen
+
+
+def count_params(model: keras.Model) -> tuple[int, int]:
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    total = int(sum(np.prod(w.shape) for w in model.weights))
+    return total, trainable
+
+
+class _MlflowEpochLogger(keras.callbacks.Callback):
+    """Per-epoch curves into the pipeline's MLflow run (``ft_<metric>``, step = epoch)."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        import mlflow
+
+        if mlflow.active_run() is not None and logs:
+            mlflow.log_metrics({f"ft_{k}": float(v) for k, v in logs.items()}, step=epoch + 1)
+
+
+def run(cfg: DictConfig, ctx: StageContext) -> TrainedModel:
+    import mlflow
+
+    prepared: PreparedData = ctx.need("prepare")
+    tuned: TunedHead = ctx.need("tune")
+    weights = backbones.resolve_weights(cfg.model, list(cfg.paths.weights_dirs))
+    train = cfg.train
+    key = digest({
+        "head": str(tuned.head_model), "hp": tuned.best_hyperparameters,
+        "data": prepared.digest, "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "train": OmegaConf.to_container(train, resolve=True), "seed": int(cfg.seed), "weights": weights.sha256,
+    })
+    work = ctx.cache_dir / "finetune" / f"{cfg.model.name}-{key}"
+    model_path, history_path = work / "model.keras", work / "history.json"
+    size, n_classes = int(cfg.model.input_size), len(prepared.classes)
+
+    if model_path.exists() and history_path.exists():
+        log.info("finetune: cached model %s", model_path)
+        summary = read_json(history_path)
+    else:
+        summary = _train(cfg, prepared, tuned, weights, work, model_path)
+        atomic_write_json(history_path, summary)
+
+    if mlflow.active_run() is not None:
+        for epoch, row in enumerate(summary["history"], start=1):
+            mlflow.log_metrics({f"ft_{k}": float(v) for k, v in row.items()}, step=epoch)
+        mlflow.log_metrics({k: summary[k] for k in ("val_accuracy", "val_loss", "train_accuracy", "train_time_s", "params_total", "params_trainable", "epochs_run")})
+        mlflow.log_params({"finetune_kept": summary["kept"], "finetune_unfrozen_layers": summary["unfrozen_layers"]})
+        _log_model(model_path, ctx)
+    out = ctx.run_dir / "finetune"
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(history_path, out / "history.json")
+    metrics = {k: float(summary[k]) for k in ("val_accuracy", "val_loss", "train_accuracy", "train_time_s", "params_total", "params_trainable")}
+    return TrainedModel(model_path=model_path, input_size=size, classes=prepared.classes, history=history_path, metrics=metrics)
+
+
+def _train(cfg, prepared, tuned, weights, work: Path, model_path: Path) -> dict[str, Any]:
+    import tensorflow as tf
+
+    from maskflow.distribute import strategy_for
+
+    train = cfg.train
+    size, n_classes = int(cfg.model.input_size), len(prepared.classes)
+    paths_tr, y_tr = split_arrays(prepared.manifest, "train", prepared.classes)
+    paths_va, y_va = split_arrays(prepared.manifest, "val", prepared.classes)
+    keras.utils.set_random_seed(int(cfg.seed))
+    strategy = strategy_for(str(train.get("distribute", "auto")))
+    batch = int(train.batch_size) * strategy.num_replicas_in_sync
+    ds_tr = image_dataset(paths_tr, size, batch, y_tr, n_classes, shuffle=True, seed=int(cfg.seed))
+    ds_va = image_dataset(paths_va, size, int(cfg.evaluate.batch_size), y_va, n_classes)
+    hp = tuned.best_hyperparameters
+    with strategy.scope():
+        model, backbone = build_classifier(cfg, tuned, weights)
+        compile_args = dict(loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(hp.get("label_smoothing", 0.0))),
+                            metrics=["accuracy"])
+        model.compile(optimizer=keras.optimizers.Adam(float(train.learning_rate)), **compile_args)
+    started = time.perf_counter()
+    # Head-only baseline: what fine-tuning has to beat on validation.
+    base_loss, base_acc = (float(v) for v in model.evaluate(ds_va, verbose=0))
+    history: list[dict[str, float]] = []
+    kept, unfrozen = "head_only", 0
+    if int(train.epochs) > 0:
+        head_weights = model.get_weights()
+        with strategy.scope():
+            unfrozen = unfreeze_top(backbone, int(cfg.model.finetune_layers))
+            model.compile(optimizer=keras.optimizers.Adam(float(train.learning_rate)), **compile_args)
+        callbacks = [
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(train.patience), restore_best_weights=True),
+            keras.callbacks.BackupAndRestore(str(work / "backup"), delete_checkpoint=True),
+            keras.callbacks.ModelCheckpoint(str(work / "best.weights.h5"), monitor="val_loss", save_best_only=True, save_weights_only=True),
+        ]
+        fitted = model.fit(ds_tr, validation_data=ds_va, epochs=int(train.epochs), callbacks=callbacks,
+                           steps_per_epoch=train.get("steps_per_epoch") or None,
+                           class_weight=balanced_class_weights(y_tr, n_classes) if hp.get("class_weighting") else None, verbose=2)
+        history = [{k: float(v[i]) for k, v in fitted.history.items()} for i in range(len(fitted.history["loss"]))]
+        best_val = min(row["val_loss"] for row in history)
+        if best_val <= base_loss:
+            kept = "finetuned"
+        else:
+            log.warning("finetune: val_loss %.4f did not beat the head-only %.4f; keeping the head-only weights", best_val, base_loss)
+            model.set_weights(head_weights)
+    train_time = time.perf_counter() - started
+    val_loss, val_acc = (float(v) for v in model.evaluate(ds_va, verbose=0))
+    train_eval = image_dataset(paths_tr, size, int(cfg.evaluate.batch_size), y_tr, n_classes)
+    _, train_acc = (float(v) for v in model.evaluate(train_eval, verbose=0))
+    total, trainable = count_params(model)
+    work.mkdir(parents=True, exist_ok=True)
+    tmp = work / "model.tmp.keras"
+    inference_model(model).save(tmp)
+    tmp.replace(model_path)
+    log.info("finetune: kept %s; val_accuracy %.4f (head only %.4f); %.1f s", kept, val_acc, base_acc, train_time)
+    return {
+        "history": history, "kept": kept, "unfrozen_layers": unfrozen, "epochs_run": len(history),
+        "head_only_val_accuracy": base_acc, "head_only_val_loss": base_loss,
+        "val_accuracy": val_acc, "val_loss": val_loss, "train_accuracy": train_acc, "train_time_s": round(train_time, 3),
+        "params_total": total, "params_trainable": trainable,
+    }
+
+
+def _log_model(model_path: Path, ctx: StageContext) -> None:
+    """The trained Keras model as an MLflow model artifact (``finetune/model``)."""
+    import mlflow
+
+    model = keras.models.load_model(model_path, compile=False)
+    try:
+        mlflow.tensorflow.log_model(model, name="finetune_model", pip_requirements=_requirements())
+    except Exception as exc:  # noqa: BLE001 - a flavour hiccup must not lose the run
+        log.warning("mlflow.tensorflow.log_model failed (%s); logging the .keras file instead", exc)
+        mlflow.log_artifact(str(model_path), "finetune")
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("tensorflow", "keras", "numpy", "pillow", "opencv-python-headless")]

@@ -1,0 +1,87 @@
+"""Stage ``promote``: move the ``champion`` alias only to a model that beats it.
+
+The new version becomes ``champion`` when there is none, or when it beats the current
+champion on ``export.promote_metric`` measured on the same test split (same data
+digest). Otherwise it gets ``challenger``. Re-running changes nothing (idempotent), and
+every decision is logged to MLflow.
+
+Also a command: ``python -m maskflow.promote --name maskflow --version 7``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import replace
+
+from omegaconf import DictConfig
+
+from maskflow.contracts import Exported, StageContext
+
+log = logging.getLogger(__name__)
+
+
+def decide(client, name: str, version: str, metric: str, mode: str = "max") -> tuple[str, str]:
+    """Set ``champion`` or ``challenger`` on ``name``/``version``; return (alias, reason)."""
+    candidate = client.get_model_version(name, version)
+    try:
+        champion = client.get_model_version_by_alias(name, "champion")
+    except Exception:  # noqa: BLE001 - MLflow raises when the alias does not exist
+        champion = None
+    if champion is not None and str(champion.version) == str(version):
+        return "champion", "already champion"
+    new_score = candidate.tags.get(metric)
+    if new_score is None:
+        raise ValueError(f"version {version} of {name} has no tag {metric!r} to compare on")
+    if champion is None:
+        alias, reason = "champion", "no champion yet"
+    else:
+        old_score = champion.tags.get(metric)
+        same_split = champion.tags.get("data_digest") == candidate.tags.get("data_digest")
+        better = old_score is not None and (float(new_score) > float(old_score) if mode == "max" else float(new_score) < float(old_score))
+        if not same_split:
+            alias, reason = "challenger", f"champion v{champion.version} was scored on another test split"
+        elif better:
+            alias, reason = "champion", f"{metric} {float(new_score):.4f} beats champion v{champion.version} ({float(old_score):.4f})"
+        else:
+            alias, reason = "challenger", f"{metric} {float(new_score):.4f} does not beat champion v{champion.version} ({old_score})"
+    client.set_registered_model_alias(name, alias, version)
+    log.info("promote: %s v%s -> %s (%s)", name, version, alias, reason)
+    return alias, reason
+
+
+def run(cfg: DictConfig, ctx: StageContext) -> Exported:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    exported: Exported = ctx.need("export")
+    if not exported.version:
+        raise RuntimeError("promote needs a registered model version (run export with MLflow tracking)")
+    alias, reason = decide(MlflowClient(), exported.registered_model, exported.version,
+                           str(cfg.export.promote_metric), str(cfg.export.promote_mode))
+    if mlflow.active_run() is not None:
+        mlflow.set_tags({"promote_alias": alias, "promote_reason": reason})
+    return replace(exported, alias=alias)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", default="maskflow", help="registered model name")
+    parser.add_argument("--version", required=True, help="model version to consider")
+    parser.add_argument("--metric", default="test_accuracy", help="tag compared against the champion")
+    parser.add_argument("--mode", choices=("max", "min"), default="max")
+    parser.add_argument("--tracking-uri", default=None, help="default: the project's sqlite store")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from maskflow.config import PROJECT_ROOT
+
+    mlflow.set_tracking_uri(args.tracking_uri or f"sqlite:///{PROJECT_ROOT}/mlflow.db")
+    alias, reason = decide(MlflowClient(), args.name, args.version, args.metric, args.mode)
+    print(f"{args.name} v{args.version}: {alias} ({reason})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Stage ``tune``: KerasTuner searches the classification head on cached embeddings.
+
+The backbone is frozen during the search, so its pooled embeddings are computed once per
+(backbone, input size, weights, crops) and cached, with several augmented views of each
+training image so the head still sees augmentation. A trial then costs seconds instead
+of an epoch through the backbone. Tuner state lives in a content-addressed folder of
+the cache, so re-running the same configuration resumes the search.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import keras_tuner as kt
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from maskflow import backbones
+from maskflow.cache import atomic_write_json, digest, read_json
+from maskflow.contracts import PreparedData, StageContext, TunedHead
+from maskflow.datasets import balanced_class_weights, image_dataset, split_arrays
+
+log = logging.getLogger(__name__)
+
+EMBEDDING_VERSION = 1
+
+
+# ------------------------------------------------------------------ embeddings cache
+
+
+def embedding_key(cfg: DictConfig, prepared: PreparedData, weights: backbones.ResolvedWeights) -> str:
+    from maskflow.prepare import read_manifest
+
+    crops = [(r["crop"], r["label"], r["split"]) for r in read_manifest(prepared.manifest)]
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    model.pop("finetune_layers", None)
+    return digest({
+        "version": EMBEDDING_VERSION, "model": model, "weights": weights.sha256, "crops": crops,
+        "classes": prepared.classes, "views": int(cfg.tune.views),
+        "augment": OmegaConf.to_container(cfg.train.augment, resolve=True), "seed": int(cfg.seed),
+    })
+
+
+def compute_embeddings(cfg: DictConfig, prepared: PreparedData, weights: backbones.ResolvedWeights, out_dir: Path) -> Path:
+    """``train.npz``/``val.npz``/``test.npz`` with x (n, d) and y (n,); each split written
+    atomically, so an interrupted computation resumes at the missing split."""
+    size = int(cfg.model.input_size)
+    extractor = None
+    augment = backbones.augmentation(cfg.train.augment, seed=int(cfg.seed))
+    for split in ("train", "val", "test"):
+        target = out_dir / f"{split}.npz"
+        if target.exists():
+            continue
+        if extractor is None:
+            extractor = backbones.feature_extractor(cfg.model, weights)
+        paths, labels = split_arrays(prepared.manifest, split, prepared.classes)
+        views = int(cfg.tune.views) if split == "train" else 1
+        xs, ys = [], []
+        started = time.perf_counter()
+        for view in range(views):
+            ds = image_dataset(paths, size, batch_size=64)
+            if view > 0:
+                ds = ds.map(lambda x: augment(x, training=True))
+            xs.append(extractor.predict(ds, verbose=0) if len(paths) else np.zeros((0, extractor.output_shape[-1]), "float32"))
+            ys.append(labels)
+        x, y = np.concatenate(xs).astype(np.float32), np.concatenate(ys)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir / f".{split}.tmp.npz"
+        np.savez(tmp, x=x, y=y)
+        tmp.replace(target)
+        log.info("embeddings %s: %s in %.1f s (%d views)", split, x.shape, time.perf_counter() - started, views)
+    return out_dir
+
+
+def load_embeddings(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(folder / f"{split}.npz") as data:
+        return data["x"], data["y"]
+
+
+# ------------------------------------------------------------------ the search space
+
+
+class HeadHyperModel(kt.HyperModel):
+    """Dense head on a pooled embedding: layers, units, dropout, L2, label smoothing,
+    class weighting and learning rate are searched (ranges from ``tune.space``)."""
+
+    def __init__(self, n_features: int, n_classes: int, space: DictConfig, class_weights: dict[int, float]) -> None:
+        super().__init__(name="mask_head")
+        self.n_features = n_features
+        self.n_classes = n_classes
+        self.space = space
+        self.class_weights = class_weights
+        self.fit_seconds: list[float] = []  # wall time of each trial fitted in this process
+
+    def build(self, hp: kt.HyperParameters) -> keras.Model:
+        s = self.space
+        inputs = keras.Input((self.n_features,), name="embedding")
+        x = inputs
+        dropout = hp.Float("dropout", float(s.dropout[0]), float(s.dropout[1]), step=0.1)
+        l2 = hp.Float("l2", float(s.l2[0]), float(s.l2[1]), sampling="log")
+        for i in range(hp.Choice("dense_layers", [int(v) for v in s.dense_layers])):
+            x = keras.layers.Dropout(dropout)(x)
+            x = keras.layers.Dense(hp.Choice("units", [int(v) for v in s.units]), activation="relu",
+                                   kernel_regularizer=keras.regularizers.L2(l2), name=f"dense_{i}")(x)
+        x = keras.layers.Dropout(dropout)(x)
+        outputs = keras.layers.Dense(self.n_classes, activation="softmax", kernel_regularizer=keras.regularizers.L2(l2), name="probs")(x)
+        model = keras.Model(inputs, outputs, name="head")
+        self._compile(model, hp)
+        return model
+
+    def _compile(self, model: keras.Model, hp: kt.HyperParameters) -> None:
+        """Overridable: the optimiser, loss and metrics of a trial."""
+        s = self.space
+        smoothing = hp.Choice("label_smoothing", [float(v) for v in s.label_smoothing])
+        model.compile(
+            optimizer=keras.optimizers.Adam(hp.Float("learning_rate", float(s.learning_rate[0]), float(s.learning_rate[1]), sampling="log")),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=smoothing),
+            # Unsmoothed cross-entropy: comparable across label-smoothing choices.
+            metrics=["accuracy", keras.metrics.CategoricalCrossentropy(name="nll")],
+        )
+
+    def fit(self, hp: kt.HyperParameters, model: keras.Model, *args, **kwargs):
+        options = sorted({bool(v) for v in self.space.class_weighting})
+        weighted = hp.Boolean("class_weighting") if len(options) > 1 else hp.Fixed("class_weighting", options[0])
+        started = time.perf_counter()
+        history = model.fit(*args, class_weight=self.class_weights if weighted else None, **kwargs)
+        self.fit_seconds.append(time.perf_counter() - started)
+        return history
+
+
+def make_tuner(cfg: DictConfig, hypermodel: HeadHyperModel, directory: Path, project: str) -> kt.Tuner:
+    t = cfg.tune
+    direction = "max" if "acc" in str(t.objective) else "min"
+    common = dict(objective=kt.Objective(str(t.objective), direction), directory=str(directory), project_name=project,
+                  overwrite=False, seed=int(cfg.seed), executions_per_trial=int(t.executions_per_trial))
+    if t.algorithm == "random":
+        return kt.RandomSearch(hypermodel, max_trials=int(t.max_trials), **common)
+    if t.algorithm == "bayesian":
+        return kt.BayesianOptimization(hypermodel, max_trials=int(t.max_trials), **common)
+    if t.algorithm == "hyperband":
+        return kt.Hyperband(hypermodel, max_epochs=int(t.epochs), factor=3, **common)
+    raise ValueError(f"tune.algorithm must be random, bayesian or hyperband, got {t.algorithm!r}")
+
+
+# ------------------------------------------------------------------------- the stage
+
+
+def run(cfg: DictConfig, ctx: StageContext) -> TunedHead:
+    import mlflow
+
+    prepared: PreparedData = ctx.need("prepare")
+    weights = backbones.resolve_weights(cfg.model, list(cfg.paths.weights_dirs))
+    key = embedding_key(cfg, prepared, weights)
+    emb_dir = ctx.cache_dir / "embeddings" / f"{cfg.model.name}-{key}"
+    started = time.perf_counter()
+    compute_embeddings(cfg, prepared, weights, emb_dir)
+    embed_time = time.perf_counter() - started
+    x_train, y_train = load_embeddings(emb_dir, "train")
+    x_val, y_val = load_embeddings(emb_dir, "val")
+    n_classes = len(prepared.classes)
+    if len(x_train) == 0 or len(x_val) == 0:
+        raise RuntimeError(f"tune needs train and val samples; got {len(x_train)} and {len(x_val)}")
+
+    hypermodel = HeadHyperModel(x_train.shape[1], n_classes, cfg.tune.space, balanced_class_weights(y_train, n_classes))
+    tune_key = digest({"embeddings": key, "tune": OmegaConf.to_container(cfg.tune, resolve=True), "seed": int(cfg.seed)})
+    tuner_dir = ctx.cache_dir / "tune"
+    project = f"{cfg.model.name}-{tune_key}"
+    tuner = make_tuner(cfg, hypermodel, tuner_dir, project)
+    keras.utils.set_random_seed(int(cfg.seed))
+    onehot = lambda y: np.eye(n_classes, dtype=np.float32)[y]  # noqa: E731
+    objective = str(cfg.tune.objective)
+    stop = keras.callbacks.EarlyStopping(monitor=objective, mode="max" if "acc" in objective else "min",
+                                         patience=int(cfg.tune.patience), restore_best_weights=True)
+    started = time.perf_counter()
+    tuner.search(x_train, onehot(y_train), validation_data=(x_val, onehot(y_val)), epochs=int(cfg.tune.epochs),
+                 batch_size=int(cfg.tune.batch_size), callbacks=[stop], verbose=0)
+    search_time = time.perf_counter() - started
+
+    trials = _trials(tuner)
+    done = [t for t in trials if t["status"] == "COMPLETED"]
+    best_hp = tuner.get_best_hyperparameters(1)[0]
+    head = tuner.get_best_models(1)[0]
+    out_dir = ctx.run_dir / "tune"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    head_path = tuner_dir / project / "best_head.keras"
+    head.save(head_path)
+    best_score = float(tuner.oracle.get_best_trials(1)[0].score)
+    atomic_write_json(out_dir / "trials.json", trials)
+    log.info("tune: %d trials (%s), best %s=%.4f, hp=%s", len(done), cfg.tune.algorithm, objective, best_score, best_hp.values)
+
+    if mlflow.active_run() is not None:
+        mlflow.log_params({"weights_file": weights.file or "random", "weights_sha256": weights.sha256 or "", "weights_origin": weights.origin})
+        mlflow.log_params({f"hp_{k}": v for k, v in best_hp.values.items()})
+        seconds = hypermodel.fit_seconds
+        mlflow.log_metrics({
+            "tune_trials": len(done), "tune_best_score": best_score, "tune_embed_time_s": round(embed_time, 3),
+            "tune_search_time_s": round(search_time, 3),
+            **({"tune_trial_mean_s": float(np.mean(seconds))} if seconds else {}),
+        })
+        import pandas as pd
+
+        table = pd.DataFrame([{**{"trial": t["trial_id"], "status": t["status"], "score": t["score"]},
+                               **{f"hp_{k}": v for k, v in t["hyperparameters"].items()}} for t in trials])
+        mlflow.log_table(table, "tune/trials.json")
+        mlflow.log_artifact(str(out_dir / "trials.json"), "tune")
+    return TunedHead(
+        embeddings_dir=emb_dir, head_model=head_path, best_hyperparameters=dict(best_hp.values),
+        best_score=best_score, objective=objective, weights_file=weights.argument,
+    )
+
+
+def _trials(tuner: kt.Tuner) -> list[dict[str, Any]]:
+    """Every trial of the search with its status, score and hyperparameters."""
+    return [
+        {"trial_id": trial_id, "status": str(trial.status), "score": None if trial.score is None else float(trial.score),
+         "hyperparameters": dict(trial.hyperparameters.values)}
+        for trial_id, trial in sorted(tuner.oracle.trials.items())
+    ]

@@ -1,0 +1,50 @@
+"""The head search space: defaults, overrides, and a real short search."""
+
+from __future__ import annotations
+
+import keras_tuner as kt
+import numpy as np
+from omegaconf import OmegaConf
+
+from maskflow.config import CONF_DIR
+from maskflow.tune import HeadHyperModel
+
+
+def _space():
+    return OmegaConf.load(CONF_DIR / "tune" / "random.yaml").space
+
+
+def test_default_hyperparameters():
+    hp = kt.HyperParameters()
+    model = HeadHyperModel(32, 3, _space(), {0: 1.0, 1: 1.0, 2: 1.0}).build(hp)
+    assert hp.values == {"dropout": 0.0, "l2": 1e-6, "dense_layers": 0, "label_smoothing": 0.0, "learning_rate": 1e-4}
+    assert model.output_shape == (None, 3)
+
+
+def test_fixed_hyperparameters_shape_the_head():
+    hp = kt.HyperParameters()
+    hp.Fixed("dense_layers", 2)
+    hp.Fixed("units", 64)
+    model = HeadHyperModel(16, 2, _space(), {0: 1.0, 1: 1.0}).build(hp)
+    dense = [layer for layer in model.layers if layer.name.startswith("dense_")]
+    assert [d.units for d in dense] == [64, 64]
+
+
+def test_short_search_learns_separable_embeddings(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype(int)
+    onehot = np.eye(2, dtype="float32")[y]
+    hypermodel = HeadHyperModel(8, 2, _space(), {0: 1.0, 1: 1.0})
+    tuner = kt.RandomSearch(hypermodel, objective=kt.Objective("val_accuracy", "max"), max_trials=3,
+                            directory=str(tmp_path), project_name="t", seed=0)
+    tuner.search(x[:150], onehot[:150], validation_data=(x[150:], onehot[150:]), epochs=15, verbose=0)
+    assert len(hypermodel.fit_seconds) == 3
+    best = tuner.oracle.get_best_trials(1)[0]
+    assert best.score > 0.8
+    # A second tuner on the same folder resumes: no trial is run again.
+    again = HeadHyperModel(8, 2, _space(), {0: 1.0, 1: 1.0})
+    tuner2 = kt.RandomSearch(again, objective=kt.Objective("val_accuracy", "max"), max_trials=3,
+                             directory=str(tmp_path), project_name="t", seed=0, overwrite=False)
+    tuner2.search(x[:150], onehot[:150], validation_data=(x[150:], onehot[150:]), epochs=15, verbose=0)
+    assert again.fit_seconds == []

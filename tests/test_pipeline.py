@@ -1,0 +1,108 @@
+"""The Hydra app end to end on a CI-sized real subset, in a subprocess from another
+working directory, with the real MLflow sqlite store and model registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from maskflow.pipeline import plan
+
+from .conftest import ROOT, copy_real_faces, needs_shared
+
+
+def test_plan_adds_upstream_stages_in_order():
+    assert plan(["prepare"]) == ["prepare"]
+    assert plan(["finetune"]) == ["prepare", "tune", "finetune"]
+    assert plan(["export", "prepare"]) == ["prepare", "tune", "finetune", "evaluate", "export"]
+    with pytest.raises(ValueError):
+        plan(["deploy"])
+
+
+def run_pipeline(tmp_path: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "maskflow.pipeline",
+           f"paths.cache_dir={tmp_path}/cache", f"paths.output_dir={tmp_path}/outputs",
+           f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifact_root={tmp_path}/mlruns", *overrides]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
+    if check:
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc
+
+
+def _client(tmp_path):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    return MlflowClient()
+
+
+@needs_shared
+def test_prepare_only_from_another_directory(tmp_path):
+    data = copy_real_faces(tmp_path / "data", per_class=5)
+    proc = run_pipeline(tmp_path, "stages=[prepare]", f"data.root={data}", "data.workers=1")
+    assert "stage prepare done" in proc.stdout + proc.stderr
+    client = _client(tmp_path)
+    (run,) = client.search_runs([client.get_experiment_by_name("maskflow").experiment_id])
+    assert "prepare_time_s" in run.data.metrics and run.data.params["data_digest"]
+    assert run.data.tags["git_commit"] and run.data.params["model.name"] == "mobilenetv2"
+    assert run.inputs.dataset_inputs  # the dataset digest, through mlflow.data
+    assert not any(p for p in Path(tmp_path).glob("stage_*"))
+
+
+@needs_shared
+def test_missing_weights_fail_fast_with_clear_message(tmp_path, monkeypatch):
+    proc = run_pipeline(tmp_path, "model=xception", "paths.weights_dirs=[]", check=False)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "xception_weights_tf_dim_ordering_tf_kernels_notop.h5" in output
+    assert "model.weights=null" in output
+    assert "stage prepare" not in output  # stopped before any work
+
+
+@pytest.mark.slow
+@needs_shared
+def test_full_pipeline_registers_and_promotes(tmp_path):
+    data = copy_real_faces(tmp_path / "data", per_class=30)
+    common = ("debug=tiny", "model=mobilenet_025", f"data.root={data}", "data.limit_per_class=null",
+              "evaluate.extra=[]", "export.eval_limit=20")
+    run_pipeline(tmp_path, *common)
+    client = _client(tmp_path)
+    champion = client.get_model_version_by_alias("maskflow", "champion")
+    (run,) = client.search_runs([client.get_experiment_by_name("maskflow").experiment_id])
+    metrics = run.data.metrics
+    for key in ("test_accuracy", "test_f1_macro", "test_roc_auc", "test_ece", "latency_ms_b1", "throughput_b32",
+                "params_total", "val_accuracy", "train_time_s", "tune_trials", "export_tflite_int8_test_accuracy",
+                "prepare_time_s", "tune_time_s", "finetune_time_s", "evaluate_time_s", "export_time_s"):
+        assert key in metrics, key
+    assert champion.tags["backbone"] == "mobilenet_025"
+
+    # A fresh process loads the champion and classifies real face images.
+    faces = sorted((data / "with_mask").iterdir())[:2] + sorted((data / "without_mask").iterdir())[:2]
+    script = (
+        "import json,sys,mlflow; from maskflow.serving import encode_images;"
+        f"mlflow.set_tracking_uri('sqlite:///{tmp_path}/mlflow.db');"
+        "m=mlflow.pyfunc.load_model('models:/maskflow@champion');"
+        "out=m.predict(encode_images(sys.argv[1:]));"
+        "print(json.dumps(out[['label','score']].to_dict('records')))"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, *map(str, faces)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(records) == 4
+    assert all(r["label"] in ("with_mask", "without_mask") and 0.5 <= r["score"] <= 1.0 for r in records)
+
+    # A worse configuration (random weights, no fine-tuning) must not take the champion alias.
+    run_pipeline(tmp_path, *common, "model.weights=null", "train.epochs=0", "tune.max_trials=1")
+    again = client.get_model_version_by_alias("maskflow", "champion")
+    if again.version != champion.version:  # only allowed if it truly scored higher
+        assert float(again.tags["test_accuracy"]) > float(champion.tags["test_accuracy"])
+    versions = client.search_model_versions("name = 'maskflow'")
+    assert len(versions) == 2

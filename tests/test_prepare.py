@@ -1,0 +1,117 @@
+"""The prepare stage on real photos and deliberately broken files: every file accounted
+for, crops cached by content, interrupted runs resumed."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from maskflow import prepare
+from maskflow.contracts import StageContext
+
+from .conftest import SCENES, copy_real_faces, needs_shared
+
+
+def _broken_files(folder: Path) -> dict[str, str]:
+    """Write the files of the acceptance check; return name -> expected outcome."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8))
+    (folder / "zero.jpg").write_bytes(b"")
+    buf = io.BytesIO()
+    photo.save(buf, "JPEG")
+    (folder / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (folder / "notes.jpg").write_text("not an image at all\n" * 10)
+    Image.fromarray((np.asarray(photo.convert("L"), dtype=np.uint16) * 257)).save(folder / "deep16.png")
+    photo.convert("CMYK").save(folder / "cmyk.jpg")
+    Image.new("1", (20000, 20000)).save(folder / "bomb.png")
+    photo.convert("RGBA").save(folder / "rgba.png")
+    photo.convert("P").save(folder / "palette.png")
+    return {"zero.jpg": "empty_file", "truncated.jpg": "truncated", "notes.jpg": "not_an_image", "bomb.png": "too_large",
+            "deep16.png": "ok", "cmyk.jpg": "ok", "rgba.png": "ok", "palette.png": "ok"}
+
+
+def _manifest(result) -> dict[str, dict[str, str]]:
+    with open(result.manifest, newline="", encoding="utf-8") as f:
+        return {row["path"]: row for row in csv.DictReader(f)}
+
+
+@needs_shared
+def test_prepare_real_and_broken_files(tmp_path, cfg_factory):
+    data = copy_real_faces(tmp_path / "data", per_class=6)
+    expected = _broken_files(data / "without_mask")
+    cfg = cfg_factory([f"data.root={data}", "data.workers=1"])
+    ctx = StageContext(run_dir=tmp_path / "run", cache_dir=tmp_path / "cache")
+
+    first = prepare.run(cfg, ctx)
+    rows = _manifest(first)
+    listed = {p.relative_to(data).as_posix() for p in data.rglob("*") if p.is_file()}
+    assert set(rows) == listed  # every file is in the manifest, kept or skipped
+    for name, outcome in expected.items():
+        row = rows[f"without_mask/{name}"]
+        assert (row["status"] if outcome == "ok" else row["reason"]) == outcome, row
+    report = json.loads(first.report.read_text())
+    assert report["skip_reasons"] == {"empty_file": 1, "truncated": 1, "not_an_image": 1, "too_large": 1}
+    assert report["files_processed"] == len(listed) and report["files_from_cache"] == 0
+    real = [r for r in rows.values() if r["status"] == "ok" and r["path"].split("/")[1] not in expected]
+    assert any(r["face"] == "mtcnn" for r in real)  # the real MTCNN found faces in real photos
+    assert all(len(r["sha256"]) == 64 and r["split"] in ("train", "val", "test") for r in real)
+    crop = Image.open(real[0]["crop"])
+    assert crop.size == (256, 256)
+    assert (ctx.run_dir / "prepare" / "samples.png").stat().st_size > 0
+    md = (ctx.run_dir / "prepare" / "data_report.md").read_text()
+    assert "without_mask/bomb.png" in md and "too_large" in md
+
+    # Warm: nothing recomputed, same result.
+    second = prepare.run(cfg, ctx)
+    report2 = json.loads(second.report.read_text())
+    assert report2["files_processed"] == 0 and second.digest == first.digest
+
+    # "Interrupted": drop two cached records; only those two are processed again.
+    records = sorted((tmp_path / "cache" / "crops").rglob("*.json"))
+    for path in records[:2]:
+        path.unlink()
+    third = prepare.run(cfg, ctx)
+    assert json.loads(third.report.read_text())["files_processed"] == 2
+    assert third.digest == first.digest
+
+
+@needs_shared
+def test_prepare_with_two_worker_processes(tmp_path, cfg_factory):
+    data = copy_real_faces(tmp_path / "data", per_class=4, offset=1)
+    cfg = cfg_factory([f"data.root={data}", "data.workers=2"])
+    result = prepare.run(cfg, StageContext(run_dir=tmp_path / "run", cache_dir=tmp_path / "cache"))
+    assert json.loads(result.report.read_text())["samples_kept"] == 8
+
+
+@needs_shared
+def test_prepare_scenes_three_classes_split_by_scene(tmp_path, cfg_factory):
+    cfg = cfg_factory(["data=mask-scenes-853", "data.limit_per_class=60", "data.workers=1"])
+    result = prepare.run(cfg, StageContext(run_dir=tmp_path / "run", cache_dir=tmp_path / "cache"))
+    rows = [r for r in _manifest_rows(result.manifest) if r["status"] == "ok"]
+    assert set(result.classes) <= {"with_mask", "without_mask", "mask_weared_incorrect"}
+    assert len(result.classes) >= 2
+    by_scene: dict[str, set[str]] = {}
+    for r in rows:
+        by_scene.setdefault(r["path"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in by_scene.values())  # all faces of a scene on one side
+    report = json.loads(result.report.read_text())
+    assert report["skip_reasons"].get("box_too_small", 0) > 0  # tiny faces are counted, not hidden
+
+
+def _manifest_rows(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_voc_parsing(tmp_path):
+    xml = tmp_path / "a.xml"
+    xml.write_text("<annotation><filename>a.jpg</filename><object><name>with_mask</name><bndbox><xmin>1</xmin>"
+                   "<ymin>2</ymin><xmax>11</xmax><ymax>22</ymax></bndbox></object></annotation>")
+    assert prepare.parse_voc(xml) == ("a.jpg", [("with_mask", (1, 2, 10, 20))])

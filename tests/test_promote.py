@@ -1,0 +1,60 @@
+"""Champion/challenger decisions against the real MLflow registry (sqlite)."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from maskflow.promote import decide
+
+
+@pytest.fixture
+def registry(tmp_path):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient()
+    exp = client.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
+    versions = []
+
+    def add(accuracy: float, digest: str = "d1") -> str:
+        run = client.create_run(exp)
+        client.log_text(run.info.run_id, "model", "model/MLmodel")
+        client.set_terminated(run.info.run_id)
+        if not versions:
+            client.create_registered_model("m")
+        v = client.create_model_version("m", f"runs:/{run.info.run_id}/model", run.info.run_id)
+        client.set_model_version_tag("m", v.version, "test_accuracy", str(accuracy))
+        client.set_model_version_tag("m", v.version, "data_digest", digest)
+        versions.append(v.version)
+        return str(v.version)
+
+    yield client, add
+    mlflow.set_tracking_uri(None)
+
+
+def test_first_version_becomes_champion_and_rerun_is_idempotent(registry):
+    client, add = registry
+    v1 = add(0.90)
+    assert decide(client, "m", v1, "test_accuracy")[0] == "champion"
+    assert decide(client, "m", v1, "test_accuracy") == ("champion", "already champion")
+
+
+def test_better_takes_champion_worse_becomes_challenger(registry):
+    client, add = registry
+    v1 = add(0.90)
+    decide(client, "m", v1, "test_accuracy")
+    v2 = add(0.85)
+    assert decide(client, "m", v2, "test_accuracy")[0] == "challenger"
+    assert str(client.get_model_version_by_alias("m", "champion").version) == v1
+    v3 = add(0.95)
+    assert decide(client, "m", v3, "test_accuracy")[0] == "champion"
+    assert str(client.get_model_version_by_alias("m", "champion").version) == v3
+
+
+def test_other_test_split_never_takes_champion(registry):
+    client, add = registry
+    v1 = add(0.90)
+    decide(client, "m", v1, "test_accuracy")
+    v2 = add(0.99, digest="other")
+    alias, reason = decide(client, "m", v2, "test_accuracy")
+    assert alias == "challenger" and "another test split" in reason
