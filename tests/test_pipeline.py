@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from maskflow.pipeline import plan
@@ -33,6 +34,19 @@ def run_pipeline(tmp_path: Path, *overrides: str, check: bool = True) -> subproc
     if check:
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc
+
+
+def _truncated_video(path: Path, image: Path) -> None:
+    """A short MJPEG AVI of one real image, cut in the middle of its data."""
+    import cv2
+
+    frame = cv2.resize(cv2.imread(str(image)), (160, 120))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (160, 120))
+    for i in range(20):
+        writer.write(np.roll(frame, i, axis=1))
+    writer.release()
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * 0.6)])
 
 
 def _client(tmp_path):
@@ -98,6 +112,27 @@ def test_full_pipeline_registers_and_promotes(tmp_path):
     records = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(records) == 4
     assert all(r["label"] in ("with_mask", "without_mask") and 0.5 <= r["score"] <= 1.0 for r in records)
+
+    # The detect CLI on face crops (+ a corrupt image and a truncated video): JSON lines
+    # in the documented shape, bad inputs reported, a summary line on stderr.
+    inputs = tmp_path / "detect_in"
+    inputs.mkdir()
+    for p in faces:
+        (inputs / p.name).write_bytes(p.read_bytes())
+    (inputs / "corrupt.jpg").write_bytes(b"\xff\xd8\xff broken")
+    _truncated_video(inputs / "clip.avi", faces[0])
+    jsonl = tmp_path / "faces.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "maskflow.detect", str(inputs), "--faces-only", "--jsonl", str(jsonl),
+                           "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--out", str(tmp_path / "annotated")],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    images = [r for r in lines if not r["source"].endswith(".avi")]
+    assert len(images) == 4 and all(r["frame"] == 0 and len(r["faces"]) == 1 for r in images)
+    face = images[0]["faces"][0]
+    assert set(face) == {"box", "label", "score", "detector_score"} and len(face["box"]) == 4
+    assert sum(r["source"].endswith(".avi") for r in lines) >= 5  # frames before the break were kept
+    assert "corrupt.jpg" in proc.stderr and "frames=" in proc.stderr.splitlines()[-1]
 
     # A worse configuration (random weights, no fine-tuning) must not take the champion alias.
     run_pipeline(tmp_path, *common, "model.weights=null", "train.epochs=0", "tune.max_trials=1")

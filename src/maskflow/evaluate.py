@@ -249,6 +249,8 @@ def run(cfg: DictConfig, ctx: StageContext) -> Evaluation:
 
     for name in ev.get("extra") or []:
         metrics.update(_cross_dataset(cfg, ctx, model, size, classes, str(name)))
+    if ev.get("scenes") and ev.scenes.get("enabled"):
+        metrics.update(_scenes(cfg, ctx, model, size, classes, out))
 
     atomic_write_json(out / "metrics.json", metrics)
     log.info("evaluate: test_accuracy %.4f, test_f1_macro %.4f, latency %.1f ms; %s", metrics["test_accuracy"],
@@ -259,21 +261,53 @@ def run(cfg: DictConfig, ctx: StageContext) -> Evaluation:
     return Evaluation(metrics=metrics, report_dir=out)
 
 
-def _cross_dataset(cfg: DictConfig, ctx: StageContext, model, size: int, classes: list[str], name: str) -> dict[str, float]:
-    """Every usable sample of another data config, scored with this model's classes."""
+def _prepared(cfg: DictConfig, ctx: StageContext, name: str, tag: str):
+    """Another data config, prepared (cached) under the output/MLflow prefix ``tag``."""
     from maskflow import prepare
     from maskflow.config import CONF_DIR
 
-    config_file = CONF_DIR / "data" / f"{name}.yaml"
-    if not config_file.exists():
-        raise FileNotFoundError(f"evaluate.extra names '{name}', but {config_file} does not exist")
-    sub = cfg.copy()
-    with open_dict(sub):
-        sub.data = OmegaConf.load(config_file)
-    if sub.data.name == cfg.data.name and sub.data.root == cfg.data.root:
+    if name == cfg.data.name:
+        return cfg.data, ctx.need("prepare")
+    key = f"data:{name}"
+    if key not in ctx.results:
+        config_file = CONF_DIR / "data" / f"{name}.yaml"
+        if not config_file.exists():
+            raise FileNotFoundError(f"evaluate names the data config '{name}', but {config_file} does not exist")
+        sub = cfg.copy()
+        with open_dict(sub):
+            sub.data = OmegaConf.load(config_file)
+        ctx.results[key] = (sub.data, prepare.run(sub, ctx, name=tag))
+    return ctx.results[key]
+
+
+def _scenes(cfg: DictConfig, ctx: StageContext, model, size: int, classes: list[str], out: Path) -> dict[str, float]:
+    """Detect-then-classify on the held-out split of a VOC scene set (scenes_* metrics)."""
+    from maskflow import prepare
+    from maskflow.cache import atomic_write_json
+    from maskflow.detect import Classifier, Detector
+    from maskflow.evaluate_scenes import run_scenes, voc_items
+
+    sc = cfg.evaluate.scenes
+    data_cfg, prepared = _prepared(cfg, ctx, str(sc.data), f"xtest_{str(sc.data).replace('-', '_')}")
+    names = {Path(r["path"]).name for r in prepare.read_manifest(prepared.manifest, str(sc.split))}
+    items = voc_items(Path(data_cfg.root), names, int(sc.limit) if sc.get("limit") else None)
+    detector = Detector(Classifier(model, classes, size), max_side=int(sc.max_side), min_face=int(sc.min_face),
+                        min_confidence=float(sc.min_confidence), margin=float(cfg.data.face_crop.margin))
+    scored = run_scenes(detector, items, out / "scenes_predictions.jsonl")
+    atomic_write_json(out / "scenes_metrics.json", scored)
+    log.info("evaluate: scenes (%d %s images of %s): %s", len(items), sc.split, sc.data,
+             {k: round(v, 4) for k, v in scored["metrics"].items()})
+    return scored["metrics"]
+
+
+def _cross_dataset(cfg: DictConfig, ctx: StageContext, model, size: int, classes: list[str], name: str) -> dict[str, float]:
+    """Every usable sample of another data config, scored with this model's classes."""
+    from maskflow import prepare
+
+    if name == cfg.data.name:
         raise ValueError(f"evaluate.extra '{name}' is the training set itself")
     tag = f"xtest_{name.replace('-', '_')}"
-    extra = prepare.run(sub, ctx, name=tag)
+    _, extra = _prepared(cfg, ctx, name, tag)
     index = {c: i for i, c in enumerate(classes)}
     rows = [r for r in prepare.read_manifest(extra.manifest)]
     usable = [r for r in rows if r["label"] in index]

@@ -6,7 +6,8 @@ with ``training=False`` and its BatchNorm layers stay frozen). Training uses on-
 augmentation, class weights when the search chose them, early stopping on val_loss
 with the best epoch restored, and checkpoints in the cache so an interrupted run
 resumes (``BackupAndRestore``). ``train.epochs=0`` keeps the head on the frozen backbone.
-If fine-tuning does not lower val_loss the head-only weights are kept (logged as such).
+If fine-tuning does not lower the validation cross-entropy (unsmoothed, ``val_loss``)
+the head-only weights are kept (param ``finetune_kept``).
 """
 
 from __future__ import annotations
@@ -118,10 +119,15 @@ def run(cfg: DictConfig, ctx: StageContext) -> TrainedModel:
     return TrainedModel(model_path=model_path, input_size=size, classes=prepared.classes, history=history_path, metrics=metrics)
 
 
-def _train(cfg, prepared, tuned, weights, work: Path, model_path: Path) -> dict[str, Any]:
-    import tensorflow as tf
+def _nll_accuracy(probs: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Unsmoothed cross-entropy and accuracy: comparable across label smoothing settings."""
+    p = np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)
+    return float(-np.log(p).mean()), float((probs.argmax(axis=1) == y).mean())
 
+
+def _train(cfg, prepared, tuned, weights, work: Path, model_path: Path) -> dict[str, Any]:
     from maskflow.distribute import strategy_for
+    from maskflow.tune import load_embeddings
 
     train = cfg.train
     size, n_classes = int(cfg.model.input_size), len(prepared.classes)
@@ -130,43 +136,46 @@ def _train(cfg, prepared, tuned, weights, work: Path, model_path: Path) -> dict[
     keras.utils.set_random_seed(int(cfg.seed))
     strategy = strategy_for(str(train.get("distribute", "auto")))
     batch = int(train.batch_size) * strategy.num_replicas_in_sync
-    ds_tr = image_dataset(paths_tr, size, batch, y_tr, n_classes, shuffle=True, seed=int(cfg.seed))
     ds_va = image_dataset(paths_va, size, int(cfg.evaluate.batch_size), y_va, n_classes)
     hp = tuned.best_hyperparameters
     with strategy.scope():
         model, backbone = build_classifier(cfg, tuned, weights)
-        compile_args = dict(loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(hp.get("label_smoothing", 0.0))),
-                            metrics=["accuracy"])
-        model.compile(optimizer=keras.optimizers.Adam(float(train.learning_rate)), **compile_args)
+    # Head-only numbers come from the cached embeddings (the same inputs the frozen model
+    # sees, without a pass through the backbone); they are what fine-tuning must beat.
+    head = model.get_layer("head")
+    x_va, y_va_emb = load_embeddings(tuned.embeddings_dir, "val")
+    x_tr, _ = load_embeddings(tuned.embeddings_dir, "train")
+    base_loss, base_acc = _nll_accuracy(head.predict(x_va, batch_size=1024, verbose=0), y_va_emb)
+    base_train_acc = _nll_accuracy(head.predict(x_tr[: len(y_tr)], batch_size=1024, verbose=0), y_tr)[1]  # view 0 = plain
     started = time.perf_counter()
-    # Head-only baseline: what fine-tuning has to beat on validation.
-    base_loss, base_acc = (float(v) for v in model.evaluate(ds_va, verbose=0))
     history: list[dict[str, float]] = []
     kept, unfrozen = "head_only", 0
+    val_loss, val_acc, train_acc = base_loss, base_acc, base_train_acc
     if int(train.epochs) > 0:
         head_weights = model.get_weights()
         with strategy.scope():
             unfrozen = unfreeze_top(backbone, int(cfg.model.finetune_layers))
-            model.compile(optimizer=keras.optimizers.Adam(float(train.learning_rate)), **compile_args)
+            model.compile(optimizer=keras.optimizers.Adam(float(train.learning_rate)),
+                          loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(hp.get("label_smoothing", 0.0))),
+                          metrics=["accuracy"])
         callbacks = [
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(train.patience), restore_best_weights=True),
             keras.callbacks.BackupAndRestore(str(work / "backup"), delete_checkpoint=True),
             keras.callbacks.ModelCheckpoint(str(work / "best.weights.h5"), monitor="val_loss", save_best_only=True, save_weights_only=True),
         ]
+        ds_tr = image_dataset(paths_tr, size, batch, y_tr, n_classes, shuffle=True, seed=int(cfg.seed))
         fitted = model.fit(ds_tr, validation_data=ds_va, epochs=int(train.epochs), callbacks=callbacks,
                            steps_per_epoch=train.get("steps_per_epoch") or None,
                            class_weight=balanced_class_weights(y_tr, n_classes) if hp.get("class_weighting") else None, verbose=2)
         history = [{k: float(v[i]) for k, v in fitted.history.items()} for i in range(len(fitted.history["loss"]))]
-        best_val = min(row["val_loss"] for row in history)
-        if best_val <= base_loss:
-            kept = "finetuned"
+        ft_loss, ft_acc = _nll_accuracy(model.predict(image_dataset(paths_va, size, int(cfg.evaluate.batch_size)), verbose=0), y_va)
+        if ft_loss < base_loss:
+            kept, val_loss, val_acc = "finetuned", ft_loss, ft_acc
+            train_acc = _nll_accuracy(model.predict(image_dataset(paths_tr, size, int(cfg.evaluate.batch_size)), verbose=0), y_tr)[1]
         else:
-            log.warning("finetune: val_loss %.4f did not beat the head-only %.4f; keeping the head-only weights", best_val, base_loss)
+            log.warning("finetune: val_nll %.4f did not beat the head-only %.4f; keeping the head-only weights", ft_loss, base_loss)
             model.set_weights(head_weights)
     train_time = time.perf_counter() - started
-    val_loss, val_acc = (float(v) for v in model.evaluate(ds_va, verbose=0))
-    train_eval = image_dataset(paths_tr, size, int(cfg.evaluate.batch_size), y_tr, n_classes)
-    _, train_acc = (float(v) for v in model.evaluate(train_eval, verbose=0))
     total, trainable = count_params(model)
     work.mkdir(parents=True, exist_ok=True)
     tmp = work / "model.tmp.keras"

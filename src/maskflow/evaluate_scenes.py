@@ -1,0 +1,198 @@
+"""End-to-end evaluation of detect-then-classify on VOC-annotated scenes.
+
+    python -m maskflow.evaluate_scenes DIR [--model URI] [--limit N] [--out DIR]
+
+DIR holds ``images/`` and ``annotations/`` (PASCAL VOC). Predicted faces are matched to
+ground-truth boxes at IoU >= 0.5. Reported: detection precision/recall, per-class AP
+(VOC all-point interpolation; a prediction counts for its predicted class, ranked by
+detector score x class score), ``scenes_map50`` (mean over classes present), accuracy of
+the classifier over matched faces, and a confusion matrix with "missed" and "spurious".
+The evaluate stage runs the same code on the held-out scene split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+IOU = 0.5
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    ix = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+    iy = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    inter = ix * iy
+    union = aw * ah + bw * bh - inter
+    return inter / union if union > 0 else 0.0
+
+
+def average_precision(scores: list[float], hits: list[bool], n_truth: int) -> float:
+    """VOC all-point interpolated AP of ranked predictions (hits: matched a new truth)."""
+    if n_truth == 0:
+        return float("nan")
+    if not scores:
+        return 0.0
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    tp = np.cumsum(np.asarray(hits, dtype=float)[order])
+    fp = np.cumsum(1.0 - np.asarray(hits, dtype=float)[order])
+    recall = tp / n_truth
+    precision = tp / np.maximum(tp + fp, 1e-12)
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    mpre = np.concatenate([[0.0], precision, [0.0]])
+    for i in range(len(mpre) - 2, -1, -1):
+        mpre[i] = max(mpre[i], mpre[i + 1])
+    idx = np.nonzero(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
+
+
+def _greedy_match(preds: list[dict], truths: list[tuple[str, tuple]], same_class: bool) -> list[int | None]:
+    """For each prediction (in descending score order), the index of the truth it takes."""
+    taken: set[int] = set()
+    result: list[int | None] = [None] * len(preds)
+    for i in sorted(range(len(preds)), key=lambda k: -preds[k]["rank_score"]):
+        best, best_iou = None, IOU
+        for j, (label, box) in enumerate(truths):
+            if j in taken or (same_class and label != preds[i]["label"]):
+                continue
+            overlap = iou(preds[i]["box"], box)
+            if overlap >= best_iou:
+                best, best_iou = j, overlap
+        if best is not None:
+            taken.add(best)
+            result[i] = best
+    return result
+
+
+def score_scenes(results: list[tuple[list[dict], list[tuple[str, tuple]]]], classes: Sequence[str]) -> dict:
+    """Metrics from (predictions, ground truths) per image."""
+    n_pred = n_truth = n_matched = n_correct = 0
+    labels = list(classes)
+    rows = labels + ["spurious"]
+    cols = labels + ["missed"]
+    cm = np.zeros((len(rows), len(cols)), dtype=np.int64)
+    per_class = {c: {"scores": [], "hits": [], "n": 0} for c in labels}
+    other_truths = 0
+    for preds, truths in results:
+        for p in preds:
+            p["rank_score"] = p["detector_score"] * p["score"]
+        truths_known = [(lab, box) for lab, box in truths if lab in labels]
+        other_truths += len(truths) - len(truths_known)
+        n_pred += len(preds)
+        n_truth += len(truths_known)
+        any_match = _greedy_match(preds, truths_known, same_class=False)
+        matched_truths = set()
+        for p, j in zip(preds, any_match):
+            if j is None:
+                cm[rows.index("spurious"), cols.index(p["label"])] += 1
+            else:
+                matched_truths.add(j)
+                n_matched += 1
+                n_correct += int(p["label"] == truths_known[j][0])
+                cm[rows.index(truths_known[j][0]), cols.index(p["label"])] += 1
+        for j, (lab, _) in enumerate(truths_known):
+            if j not in matched_truths:
+                cm[rows.index(lab), cols.index("missed")] += 1
+        class_match = _greedy_match(preds, truths_known, same_class=True)
+        for p, j in zip(preds, class_match):
+            per_class[p["label"]]["scores"].append(p["rank_score"])
+            per_class[p["label"]]["hits"].append(j is not None)
+        for lab, _ in truths_known:
+            per_class[lab]["n"] += 1
+    metrics = {
+        "scenes_images": float(len(results)),
+        "scenes_faces": float(n_truth),
+        "scenes_det_precision": n_matched / n_pred if n_pred else 0.0,
+        "scenes_det_recall": n_matched / n_truth if n_truth else 0.0,
+        "scenes_cls_accuracy": n_correct / n_matched if n_matched else 0.0,
+        "scenes_ignored_other_classes": float(other_truths),
+    }
+    aps = []
+    for c in labels:
+        ap = average_precision(per_class[c]["scores"], per_class[c]["hits"], per_class[c]["n"])
+        if ap == ap:
+            metrics[f"scenes_ap50_{c}"] = ap
+            aps.append(ap)
+    metrics["scenes_map50"] = float(np.mean(aps)) if aps else 0.0
+    return {"metrics": metrics, "confusion": {"rows": rows, "cols": cols, "matrix": cm.tolist()}}
+
+
+def run_scenes(detector, items: Sequence[tuple[Path, list[tuple[str, tuple]]]], jsonl: Path | None = None) -> dict:
+    """Detect and classify each scene image; score against its annotations."""
+    from maskflow.detect import Frame
+    from maskflow.imageio import DecodeError, read_image
+
+    results, skipped, started = [], 0, time.perf_counter()
+    out = open(jsonl, "w", encoding="utf-8") if jsonl else None
+    try:
+        for path, truths in items:
+            try:
+                rgb = read_image(path).rgb
+            except DecodeError:
+                skipped += 1
+                continue
+            preds = detector(Frame(str(path), 0, rgb, False))
+            results.append((preds, truths))
+            if out:
+                out.write(json.dumps({"source": str(path), "frame": 0, "faces": preds}) + "\n")
+    finally:
+        if out:
+            out.close()
+    scored = score_scenes(results, detector.classifier.classes)
+    scored["metrics"]["scenes_images_skipped"] = float(skipped)
+    scored["metrics"]["scenes_seconds_per_image"] = (time.perf_counter() - started) / max(1, len(results))
+    return scored
+
+
+def voc_items(folder: Path, names: set[str] | None = None, limit: int | None = None) -> list[tuple[Path, list]]:
+    from maskflow.prepare import parse_voc
+
+    items = []
+    for xml in sorted((folder / "annotations").glob("*.xml")):
+        filename, objects = parse_voc(xml)
+        image = folder / "images" / filename
+        if image.exists() and (names is None or image.name in names):
+            items.append((image, [(label, box) for label, box in objects]))
+    return items[:limit] if limit else items
+
+
+def main(argv: list[str] | None = None) -> int:
+    from maskflow.detect import Classifier, Detector
+
+    parser = argparse.ArgumentParser(prog="python -m maskflow.evaluate_scenes", description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, help="VOC folder with images/ and annotations/")
+    parser.add_argument("--model", default="models:/maskflow@champion")
+    parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--manifest", type=Path, default=None, help="a prepare manifest.csv: only scenes of --split")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--max-side", type=int, default=640)
+    parser.add_argument("--min-face", type=int, default=12)
+    parser.add_argument("--min-confidence", type=float, default=0.8)
+    parser.add_argument("--out", type=Path, default=None, help="write metrics.json and predictions.jsonl here")
+    args = parser.parse_args(argv)
+    names = None
+    if args.manifest:
+        from maskflow.prepare import read_manifest
+
+        names = {Path(r["path"]).name for r in read_manifest(args.manifest, args.split)}
+    detector = Detector(Classifier.from_uri(args.model, args.tracking_uri), max_side=args.max_side, min_face=args.min_face,
+                        min_confidence=args.min_confidence)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+    scored = run_scenes(detector, voc_items(args.folder, names, args.limit), args.out / "predictions.jsonl" if args.out else None)
+    if args.out:
+        (args.out / "metrics.json").write_text(json.dumps(scored, indent=1))
+    print(json.dumps(scored["metrics"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

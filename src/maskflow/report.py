@@ -1,0 +1,139 @@
+"""Backbone comparison report, answered from MLflow runs (never from memory).
+
+    python -m maskflow.report --models mobilenetv2,mobilenetv2_035,mobilenet_025 [--out DIR]
+
+For each backbone, the newest finished pipeline run (with test metrics) of the experiment
+is read; one row per backbone: train/val/test accuracy, cross-dataset accuracy, training
+time, parameters, size and CPU latency. Writes ``comparison.md``, ``comparison.html`` and
+``comparison.png`` (bar charts) and logs them to a ``comparison`` MLflow run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+log = logging.getLogger(__name__)
+
+COLUMNS = [  # (metric, header, format)
+    ("train_accuracy", "train acc", "{:.4f}"),
+    ("val_accuracy", "val acc", "{:.4f}"),
+    ("test_accuracy", "test acc", "{:.4f}"),
+    ("test_f1_macro", "test F1", "{:.4f}"),
+    ("xtest", "cross-dataset acc", "{:.4f}"),
+    ("training_s", "training s (tune+finetune)", "{:.0f}"),
+    ("params_total", "params (M)", "{:.2f}"),
+    ("model_size_mb", "size MB", "{:.1f}"),
+    ("flops_b1", "GFLOPs", "{:.2f}"),
+    ("latency_ms_b1", "latency ms (b1)", "{:.1f}"),
+    ("throughput_b32", "img/s (b32)", "{:.0f}"),
+]
+
+
+def collect(client, experiment_id: str, models: Sequence[str], data: str | None = None) -> list[dict[str, Any]]:
+    rows = []
+    for model in models:
+        query = f"tags.model = '{model}' and attributes.status = 'FINISHED'" + (f" and tags.data = '{data}'" if data else "")
+        runs = [r for r in client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"], max_results=50)
+                if "test_accuracy" in r.data.metrics]
+        if not runs:
+            log.warning("no finished run with test metrics for model %s", model)
+            continue
+        run = runs[0]
+        m = dict(run.data.metrics)
+        xtest = [v for k, v in m.items() if k.startswith("xtest_") and k.endswith("_accuracy")]
+        m["xtest"] = xtest[0] if len(xtest) == 1 else (sum(xtest) / len(xtest) if xtest else float("nan"))
+        m["training_s"] = m.get("tune_time_s", 0.0) + m.get("finetune_time_s", 0.0)
+        m["params_total"] = m.get("params_total", float("nan")) / 1e6
+        m["flops_b1"] = m.get("flops_b1", float("nan")) / 1e9
+        rows.append({"model": model, "run_id": run.info.run_id, "data": run.data.tags.get("data", ""),
+                     "weights": run.data.params.get("weights_file", ""), **m})
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    head = "| backbone | " + " | ".join(h for _, h, _ in COLUMNS) + " | run |"
+    lines = [head, "|---" * (len(COLUMNS) + 2) + "|"]
+    for r in rows:
+        cells = [fmt.format(r[key]) if key in r and r[key] == r[key] else "n/a" for key, _, fmt in COLUMNS]
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | `{r['run_id'][:8]}` |")
+    return "\n".join(lines) + "\n"
+
+
+def charts(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("test_accuracy", "test accuracy"), ("xtest", "cross-dataset accuracy"), ("training_s", "training seconds"),
+              ("params_total", "parameters (M)"), ("latency_ms_b1", "latency ms (batch 1, CPU)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
+    names = [r["model"] for r in rows]
+    for ax, (key, title) in zip(axes, panels):
+        values = [r.get(key, float("nan")) for r in rows]
+        ax.bar(names, values, color="tab:blue")
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", rotation=35, labelsize=8)
+        if "accuracy" in key:
+            finite = [v for v in values if v == v]
+            ax.set_ylim(max(0.0, min(finite) - 0.05) if finite else 0, 1.0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write(rows: list[dict[str, Any]], out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    md = markdown(rows)
+    title = "# Backbone comparison\n\nOne row per backbone: its newest finished pipeline run in MLflow.\n\n"
+    (out / "comparison.md").write_text(title + md, encoding="utf-8")
+    charts(rows, out / "comparison.png")
+    table = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in line.strip("|").split("|")) + "</tr>"
+        for line in md.splitlines() if not line.startswith("|---")
+    )
+    (out / "comparison.html").write_text(
+        f"<html><body><h1>Backbone comparison</h1><table border=1 cellpadding=4>{table}</table>"
+        f"<p><img src='comparison.png'></p></body></html>", encoding="utf-8")
+    return {"md": out / "comparison.md", "html": out / "comparison.html", "png": out / "comparison.png"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Backbone comparison report from MLflow runs")
+    parser.add_argument("--models", required=True, help="comma-separated model config names")
+    parser.add_argument("--data", default=None, help="only runs on this data config (e.g. mask-faces-4k)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/comparison)")
+    parser.add_argument("--tracking-uri", default=None, help="default: the project's sqlite store")
+    parser.add_argument("--experiment", default="maskflow")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from maskflow.config import PROJECT_ROOT
+
+    mlflow.set_tracking_uri(args.tracking_uri or f"sqlite:///{PROJECT_ROOT}/mlflow.db")
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(args.experiment)
+    if experiment is None:
+        raise SystemExit(f"no MLflow experiment '{args.experiment}' at {mlflow.get_tracking_uri()}: run the pipeline first")
+    rows = collect(client, experiment.experiment_id, [m.strip() for m in args.models.split(",") if m.strip()], args.data)
+    if not rows:
+        raise SystemExit("no finished runs with test metrics for those models")
+    out = args.out or PROJECT_ROOT / "outputs" / "comparison"
+    files = write(rows, out)
+    mlflow.set_experiment(experiment_id=experiment.experiment_id)
+    with mlflow.start_run(run_name="comparison", tags={"kind": "comparison"}):
+        for path in files.values():
+            mlflow.log_artifact(str(path), "comparison")
+        mlflow.log_dict({r["model"]: r["run_id"] for r in rows}, "comparison/runs.json")
+    print(markdown(rows))
+    print(f"written: {', '.join(str(p) for p in files.values())}")
+
+
+if __name__ == "__main__":
+    main()

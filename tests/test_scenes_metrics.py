@@ -1,0 +1,47 @@
+"""Scene-level scoring: IoU matching, AP, confusion with missed and spurious."""
+
+from __future__ import annotations
+
+import pytest
+
+from maskflow.evaluate_scenes import average_precision, iou, score_scenes
+
+
+def test_iou():
+    assert iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(50 / 150)
+    assert iou((0, 0, 10, 10), (20, 20, 5, 5)) == 0.0
+
+
+def test_average_precision():
+    assert average_precision([0.9, 0.8], [True, True], 2) == pytest.approx(1.0)
+    assert average_precision([0.9, 0.8], [False, True], 2) == pytest.approx(0.25)
+    assert average_precision([], [], 3) == 0.0
+
+
+def _face(box, label, score=0.9, det=0.99):
+    return {"box": list(box), "label": label, "score": score, "detector_score": det}
+
+
+def test_score_scenes_counts_missed_and_spurious():
+    truths = [("with_mask", (0, 0, 20, 20)), ("without_mask", (100, 100, 20, 20)), ("with_mask", (200, 0, 20, 20))]
+    preds = [_face((1, 1, 20, 20), "with_mask"), _face((101, 99, 20, 20), "with_mask"), _face((400, 400, 20, 20), "without_mask")]
+    scored = score_scenes([(preds, truths)], ["with_mask", "without_mask"])
+    m = scored["metrics"]
+    assert m["scenes_det_precision"] == pytest.approx(2 / 3)
+    assert m["scenes_det_recall"] == pytest.approx(2 / 3)
+    assert m["scenes_cls_accuracy"] == pytest.approx(0.5)
+    cm = scored["confusion"]
+    matrix = dict(zip(cm["rows"], cm["matrix"]))
+    assert matrix["with_mask"] == [1, 0, 1]  # one right, one missed
+    assert matrix["without_mask"] == [1, 0, 0]  # classified as with_mask
+    assert matrix["spurious"] == [0, 1, 0]
+    assert m["scenes_ap50_with_mask"] == pytest.approx(0.5)  # the hit ranks first: recall 1/2 at precision 1
+    assert 0.0 <= m["scenes_map50"] <= 1.0
+
+
+def test_unknown_truth_classes_are_ignored_and_counted():
+    truths = [("mask_weared_incorrect", (0, 0, 20, 20))]
+    scored = score_scenes([([], truths)], ["with_mask", "without_mask"])
+    assert scored["metrics"]["scenes_ignored_other_classes"] == 1.0
+    assert scored["metrics"]["scenes_faces"] == 0.0
