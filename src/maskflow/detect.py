@@ -160,34 +160,30 @@ class Detector:
         self.min_confidence = min_confidence
         self.margin = margin
         self.detect_every = max(1, detect_every)
-        self._last: tuple[str, int, list[Face]] | None = None
-
-    def faces(self, frame: Frame) -> list[Face]:
-        h, w = frame.rgb.shape[:2]
-        if self.faces_only:
-            return [Face((0, 0, w, h), 1.0)]
-        last = self._last
-        if frame.is_video and last and last[0] == frame.source and frame.index - last[1] < self.detect_every:
-            return last[2]
-        found = [f for f in self.detector.detect(frame.rgb) if f.score >= self.min_confidence]
-        self._last = (frame.source, frame.index, found)
-        return found
+        self._last: tuple[str, int, list[dict]] | None = None
 
     def __call__(self, frame: Frame) -> list[dict]:
+        """Face records of one frame; on video between detections, the last frame's."""
+        last = self._last
+        if frame.is_video and last and last[0] == frame.source and frame.index - last[1] < self.detect_every:
+            return [dict(face) for face in last[2]]
         from maskflow.faces import resize_square
 
-        faces = self.faces(frame)
+        h, w = frame.rgb.shape[:2]
         size = self.classifier.input_size
         if self.faces_only:
+            faces = [Face((0, 0, w, h), 1.0)]
             crops = [resize_square(frame.rgb, size)]
         else:
+            faces = [f for f in self.detector.detect(frame.rgb) if f.score >= self.min_confidence]
             crops = [crop_face(frame.rgb, f.box, self.margin, size) for f in faces]
-        probs = self.classifier(crops)
+        probs = self.classifier(crops)  # every face of the frame in one batch
         out = []
         for face, p in zip(faces, probs):
             k = int(np.argmax(p))
             out.append({"box": [int(v) for v in face.box], "label": self.classifier.classes[k], "score": round(float(p[k]), 6),
                         "detector_score": round(float(face.score), 6)})
+        self._last = (frame.source, frame.index, out)
         return out
 
 

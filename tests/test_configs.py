@@ -1,0 +1,46 @@
+"""Every option of every config group composes and resolves."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from maskflow.config import CONF_DIR
+
+from .conftest import compose
+
+GROUPS = ["data", "model", "tune", "train", "evaluate", "export", "tracking", "debug", "experiment"]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_option_composes(tmp_path, group, option):
+    cfg = compose(tmp_path, [f"{group}={option}"])
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved["data"]["root"] and resolved["model"]["constructor"]
+    assert resolved["tracking"]["uri"]
+
+
+def test_defaults_point_at_the_shared_folder_and_project_store(tmp_path):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from maskflow.config import PROJECT_ROOT, register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name="config")
+    assert cfg.model.name == "mobilenetv2" and cfg.data.name == "mask-faces-4k"
+    assert list(cfg.stages) == ["prepare", "tune", "finetune", "evaluate", "export", "promote"]
+    assert cfg.tracking.uri == f"sqlite:///{PROJECT_ROOT}/mlflow.db"
+    assert cfg.tune.max_trials >= 20
+
+
+def test_joblib_launcher_composes(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=["launcher=joblib"], return_hydra_config=True)
+    assert "joblib" in cfg.hydra.launcher._target_.lower() and cfg.hydra.launcher.n_jobs == 2
