@@ -306,6 +306,7 @@ def run(cfg: DictConfig, ctx: StageContext, name: str = "prepare") -> PreparedDa
         test_fraction=float(cfg.data.split.test),
         phash_max_distance=int(cfg.data.split.phash_max_distance),
         seed=int(cfg.data.split.seed),
+        files=[r["path"] for r in kept],
     )
     for row, split_name, gid in zip(kept, result.split, result.group):
         row["split"], row["group"] = split_name, gid

@@ -83,8 +83,12 @@ def assign_splits(
     test_fraction: float,
     phash_max_distance: int,
     seed: int = 0,
+    files: Sequence[str] | None = None,
 ) -> SplitResult:
+    """Group and split samples. ``files`` names each sample's file (several face crops
+    of one scene share it); duplicate statistics then count distinct files only."""
     n = len(sha256)
+    files = list(files) if files is not None else [str(i) for i in range(n)]
     uf = _UnionFind(n)
     exact, near, by_source = _UnionFind(n), _UnionFind(n), _UnionFind(n)
 
@@ -92,13 +96,14 @@ def assign_splits(
     for i, s in enumerate(sha256):
         if s in first_by_sha:
             uf.union(i, first_by_sha[s])
-            exact.union(i, first_by_sha[s])
+            if files[i] != files[first_by_sha[s]]:
+                exact.union(i, first_by_sha[s])
         else:
             first_by_sha[s] = i
     if phash_max_distance >= 0:
         for a, b in near_duplicate_pairs(phash, phash_max_distance):
             uf.union(a, b)
-            if sha256[a] != sha256[b]:
+            if sha256[a] != sha256[b] and files[a] != files[b]:
                 near.union(a, b)
     first_by_source: dict[str, int] = {}
     for i, key in enumerate(source):
@@ -106,7 +111,8 @@ def assign_splits(
             continue
         if key in first_by_source:
             uf.union(i, first_by_source[key])
-            by_source.union(i, first_by_source[key])
+            if files[i] != files[first_by_source[key]]:
+                by_source.union(i, first_by_source[key])
         else:
             first_by_source[key] = i
 
