@@ -141,3 +141,10 @@ def test_full_pipeline_registers_and_promotes(tmp_path):
         assert float(again.tags["test_accuracy"]) > float(champion.tags["test_accuracy"])
     versions = client.search_model_versions("name = 'maskflow'")
     assert len(versions) == 2
+
+    # The comparison report is read back from the MLflow runs.
+    proc = subprocess.run([sys.executable, "-m", "maskflow.report", "--models", "mobilenet_025", "--out", str(tmp_path / "cmp"),
+                           "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| mobilenet_025 |" in table and (tmp_path / "cmp" / "comparison.png").stat().st_size > 0
