@@ -121,7 +121,8 @@ def constructor(model_cfg: DictConfig):
 def build_backbone(model_cfg: DictConfig, weights: ResolvedWeights, input_size: int | None = None) -> keras.Model:
     """The convolutional base with global average pooling: image -> embedding vector."""
     size = int(input_size or model_cfg.input_size)
-    kwargs = OmegaConf.to_container(model_cfg.get("kwargs") or {}, resolve=True)
+    extra = model_cfg.get("kwargs")
+    kwargs = OmegaConf.to_container(extra, resolve=True) if extra is not None else {}
     # Weight files are size independent; passing the path lets any input size load them.
     return constructor(model_cfg)(
         include_top=False, weights=weights.argument, input_shape=(size, size, 3), pooling="avg", **kwargs
