@@ -14,7 +14,7 @@ import pytest
 
 from maskflow.pipeline import plan
 
-from .conftest import ROOT, copy_real_faces, needs_shared
+from .conftest import copy_real_faces, needs_shared
 
 
 def test_plan_adds_upstream_stages_in_order():

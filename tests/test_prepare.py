@@ -9,13 +9,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from maskflow import prepare
 from maskflow.contracts import StageContext
 
-from .conftest import SCENES, copy_real_faces, needs_shared
+from .conftest import copy_real_faces, needs_shared
 
 
 def _broken_files(folder: Path) -> dict[str, str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -219,7 +219,6 @@ def load_model(path: Path):
 def run(cfg: DictConfig, ctx: StageContext) -> Evaluation:
     import mlflow
 
-    from maskflow import prepare
     from maskflow.cache import atomic_write_json, read_json
 
     prepared: PreparedData = ctx.need("prepare")

@@ -89,7 +89,6 @@ def _score(predict, paths: Sequence[str], y: np.ndarray, size: int, batch: int =
 
 
 def run(cfg: DictConfig, ctx: StageContext) -> Exported:
-    import keras
     import mlflow
     import tensorflow as tf
 

@@ -97,7 +97,7 @@ def run(cfg: DictConfig, ctx: StageContext) -> TrainedModel:
     })
     work = ctx.cache_dir / "finetune" / f"{cfg.model.name}-{key}"
     model_path, history_path = work / "model.keras", work / "history.json"
-    size, n_classes = int(cfg.model.input_size), len(prepared.classes)
+    size = int(cfg.model.input_size)
 
     if model_path.exists() and history_path.exists():
         log.info("finetune: cached model %s", model_path)

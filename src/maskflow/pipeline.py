@@ -18,7 +18,7 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from maskflow.config import CONF_DIR, PROJECT_ROOT, register_resolvers
 from maskflow.contracts import StageContext, to_jsonable

@@ -20,7 +20,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from maskflow import backbones
-from maskflow.cache import atomic_write_json, digest, read_json
+from maskflow.cache import atomic_write_json, digest
 from maskflow.contracts import PreparedData, StageContext, TunedHead
 from maskflow.datasets import balanced_class_weights, image_dataset, split_arrays
 
