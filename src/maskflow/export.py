@@ -163,6 +163,7 @@ def _register(cfg, ctx, trained: TrainedModel, prepared: PreparedData, evaluatio
 
     from maskflow import serving
     from maskflow.cache import sha256_file
+    from maskflow.tracking import pip_requirements
 
     name = str(cfg.export.registered_model)
     model_sha = sha256_file(trained.model_path)
@@ -191,7 +192,7 @@ def _register(cfg, ctx, trained: TrainedModel, prepared: PreparedData, evaluatio
         code_paths=[str(package_dir)],
         signature=signature,
         input_example=example,
-        pip_requirements=_requirements(),
+        pip_requirements=pip_requirements(),
     )
     registered = mlflow.register_model(info.model_uri, name)
     version = str(registered.version)
@@ -213,10 +214,3 @@ def _predict_locally(python_model, trained: TrainedModel, meta: Path, example):
     result = python_model.predict(_Context(), example)
     del python_model.model  # the logged model must not pickle the Keras model
     return result
-
-
-def _requirements() -> list[str]:
-    from importlib.metadata import version
-
-    pkgs = ("tensorflow", "keras", "numpy", "pandas", "pillow", "opencv-python-headless", "mlflow", "mtcnn", "omegaconf")
-    return [f"{p}=={version(p)}" for p in pkgs]

@@ -194,15 +194,11 @@ def _log_model(model_path: Path, ctx: StageContext) -> None:
     """The trained Keras model as an MLflow model artifact (``finetune/model``)."""
     import mlflow
 
+    from maskflow.tracking import pip_requirements
+
     model = keras.models.load_model(model_path, compile=False)
     try:
-        mlflow.tensorflow.log_model(model, name="finetune_model", pip_requirements=_requirements())
+        mlflow.tensorflow.log_model(model, name="finetune_model", pip_requirements=pip_requirements())
     except Exception as exc:  # noqa: BLE001 - a flavour hiccup must not lose the run
         log.warning("mlflow.tensorflow.log_model failed (%s); logging the .keras file instead", exc)
         mlflow.log_artifact(str(model_path), "finetune")
-
-
-def _requirements() -> list[str]:
-    from importlib.metadata import version
-
-    return [f"{pkg}=={version(pkg)}" for pkg in ("tensorflow", "keras", "numpy", "pillow", "opencv-python-headless")]

@@ -91,11 +91,11 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
         raise DecodeError(reason, str(exc)) from None
     except Exception as exc:  # noqa: BLE001
         raise DecodeError("corrupt", f"{type(exc).__name__}: {exc}") from None
+    exif_rotated = _orientation(img) > 1
     try:
         rotated = ImageOps.exif_transpose(img)
     except Exception:  # noqa: BLE001 - a broken EXIF block should not lose the image
-        rotated = img
-    exif_rotated = rotated.size != img.size or rotated is not img and _orientation(img) > 1
+        rotated, exif_rotated = img, False
     rgb = np.asarray(_to_rgb(rotated), dtype=np.uint8)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise DecodeError("corrupt", f"unexpected array shape {rgb.shape}")

@@ -191,7 +191,9 @@ def process_file(job: tuple[str, str, dict[str, Any], str, str]) -> tuple[str, d
         face = None
         if params["detect"] and not reason:
             face = largest_face(_detector(params).detect(rgb), params["min_confidence"])
-        if face is not None:
+        if reason:
+            crop, kind, box, score = None, "whole_image", [0, 0, width, height], None
+        elif face is not None:
             crop, kind, box, score = crop_face(rgb, face.box, margin, size), "mtcnn", list(face.box), face.score
         else:
             crop, kind, box, score = resize_square(rgb, size), "whole_image", [0, 0, width, height], None
@@ -209,7 +211,7 @@ def process_file(job: tuple[str, str, dict[str, Any], str, str]) -> tuple[str, d
 
     for i, sample in enumerate(samples):
         crop = sample.pop("crop")
-        if crop is not None and not sample["reason"] == "tiny_image":
+        if crop is not None:
             crop_path = f"{crop_prefix}_{i}.jpg"
             ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
             atomic_write_bytes(crop_path, buf.tobytes())

@@ -50,6 +50,14 @@ def git_commit(root: Path) -> str:
         return "unknown"
 
 
+def pip_requirements() -> list[str]:
+    """Pinned requirements of the MLflow models this project logs (no slow inference)."""
+    from importlib.metadata import version
+
+    packages = ("tensorflow", "keras", "numpy", "pandas", "pillow", "opencv-python-headless", "mlflow", "mtcnn", "omegaconf")
+    return [f"{p}=={version(p)}" for p in packages]
+
+
 def flat_params(cfg: DictConfig, prefix: str = "") -> dict[str, str]:
     """The resolved config as flat ``group.key`` params (MLflow caps values at 6000 chars)."""
     container = OmegaConf.to_container(cfg, resolve=True)
