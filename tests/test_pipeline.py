@@ -27,7 +27,9 @@ def test_plan_adds_upstream_stages_in_order():
 
 def run_pipeline(tmp_path: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "maskflow.pipeline",
+    flags = [o for o in overrides if o == "-m"]  # Hydra's flags go before the overrides
+    overrides = [o for o in overrides if o != "-m"]
+    cmd = [sys.executable, "-m", "maskflow.pipeline", *flags,
            f"paths.cache_dir={tmp_path}/cache", f"paths.output_dir={tmp_path}/outputs",
            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifact_root={tmp_path}/mlruns", *overrides]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
@@ -148,3 +150,20 @@ def test_full_pipeline_registers_and_promotes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| mobilenet_025 |" in table and (tmp_path / "cmp" / "comparison.png").stat().st_size > 0
+
+
+@needs_shared
+def test_joblib_multirun_runs_jobs_in_parallel_processes(tmp_path):
+    """Two prepare jobs through the joblib launcher: separate processes, one TF thread
+    each (conf/launcher/joblib.yaml), both runs in the one sqlite store."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    data = copy_real_faces(tmp_path / "data", per_class=4)
+    proc = run_pipeline(tmp_path, "-m", "launcher=joblib", "stages=[prepare]", f"data.root={data}", "seed=1,2",
+                        f"hydra.sweep.dir={tmp_path}/sweep")
+    assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
+    client = _client(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("maskflow").experiment_id])
+    assert sorted(r.data.params["seed"] for r in runs) == ["1", "2"]
+    assert {r.data.tags["tf_intraop_threads"] for r in runs} == {"1"}
+    assert {r.data.params["data.workers"] for r in runs} == {"1"}
+    assert len({r.data.tags["run_dir"] for r in runs}) == 2

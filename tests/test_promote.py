@@ -16,7 +16,7 @@ def registry(tmp_path):
     exp = client.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
     versions = []
 
-    def add(accuracy: float, digest: str = "d1") -> str:
+    def add(accuracy: float, digest: str = "d1", **tags: str) -> str:
         run = client.create_run(exp)
         client.log_text(run.info.run_id, "model", "model/MLmodel")
         client.set_terminated(run.info.run_id)
@@ -25,6 +25,8 @@ def registry(tmp_path):
         v = client.create_model_version("m", f"runs:/{run.info.run_id}/model", run.info.run_id)
         client.set_model_version_tag("m", v.version, "test_accuracy", str(accuracy))
         client.set_model_version_tag("m", v.version, "data_digest", digest)
+        for key, value in tags.items():
+            client.set_model_version_tag("m", v.version, key, value)
         versions.append(v.version)
         return str(v.version)
 
@@ -58,3 +60,13 @@ def test_other_test_split_never_takes_champion(registry):
     v2 = add(0.99, digest="other")
     alias, reason = decide(client, "m", v2, "test_accuracy")
     assert alias == "challenger" and "another test split" in reason
+
+
+def test_champion_re_registered_with_a_newer_pyfunc_contract_stays_champion(registry):
+    client, add = registry
+    v1 = add(0.90, model_sha256="abc")  # registered before pyfunc_api tags existed
+    decide(client, "m", v1, "test_accuracy")
+    assert decide(client, "m", add(0.90, model_sha256="other", pyfunc_api="2"), "test_accuracy")[0] == "challenger"
+    v3 = add(0.90, model_sha256="abc", pyfunc_api="2")
+    alias, reason = decide(client, "m", v3, "test_accuracy")
+    assert alias == "champion" and "newer pyfunc contract" in reason

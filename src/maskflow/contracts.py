@@ -27,7 +27,8 @@ class TunedHead:
     """Output of ``tune``: best head hyperparameters and the trained head."""
 
     embeddings_dir: Path
-    head_model: Path  # .keras file of the best head (input: pooled embedding)
+    head_model: Path | None  # .keras file of the best head (input: pooled embedding); None on a
+    # distributed-tuning worker, whose trials the chief collects
     best_hyperparameters: dict[str, Any]
     best_score: float
     objective: str

@@ -48,13 +48,17 @@ class Frame:
 
 
 class Classifier:
-    """Face crops (already at ``input_size``) -> class probabilities, one batch per frame."""
+    """Face crops (already at ``input_size``) -> class probabilities, one batch per frame.
+    ``settings``: the detector settings stored with a registered model (or defaults)."""
 
-    def __init__(self, keras_model, classes: Sequence[str], input_size: int) -> None:
+    def __init__(self, keras_model, classes: Sequence[str], input_size: int, settings: dict | None = None) -> None:
         import tensorflow as tf
+
+        from maskflow.serving import DEFAULT_DETECTOR
 
         self.classes = list(classes)
         self.input_size = int(input_size)
+        self.settings = {**DEFAULT_DETECTOR, **(settings or {})}
         self._call = tf.function(lambda x: keras_model(x, training=False), reduce_retracing=True)
 
     @classmethod
@@ -67,7 +71,7 @@ class Classifier:
         if tracking_uri or not os.environ.get("MLFLOW_TRACKING_URI"):
             mlflow.set_tracking_uri(tracking_uri or f"sqlite:///{PROJECT_ROOT}/mlflow.db")
         model = mlflow.pyfunc.load_model(uri).unwrap_python_model()
-        return cls(model.model, model.classes, model.input_size)
+        return cls(model.model, model.classes, model.input_size, getattr(model, "detector_settings", None))
 
     def __call__(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         if not crops:
@@ -152,8 +156,8 @@ def annotate(rgb: np.ndarray, faces: list[dict]) -> np.ndarray:
 class Detector:
     """Detect-then-classify for one frame at a time, with optional box carry-over."""
 
-    def __init__(self, classifier: Classifier, faces_only: bool = False, max_side: int = 480, min_face: int = 20,
-                 min_confidence: float = 0.9, margin: float = 0.2, detect_every: int = 1) -> None:
+    def __init__(self, classifier: Classifier, faces_only: bool = False, max_side: int = 640, min_face: int = 12,
+                 min_confidence: float = 0.8, margin: float = 0.2, detect_every: int = 1) -> None:
         self.classifier = classifier
         self.faces_only = faces_only
         self.detector = None if faces_only else FaceDetector(min_face_size=min_face, max_side=max_side)
@@ -197,14 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write annotated images / videos here")
     parser.add_argument("--show", action="store_true", help="show a live window (needs a display)")
     parser.add_argument("--detect-every", type=int, default=1, help="on video, run the detector every k-th frame")
-    parser.add_argument("--max-side", type=int, default=480, help="frames are downscaled to this long side for detection")
-    parser.add_argument("--min-face", type=int, default=20, help="smallest face (px, after downscaling) MTCNN looks for")
-    parser.add_argument("--min-confidence", type=float, default=0.9, help="MTCNN confidence to keep a face")
+    add_detector_args(parser)
     args = parser.parse_args(argv)
 
     classifier = Classifier.from_uri(args.model, args.tracking_uri)
-    detector = Detector(classifier, args.faces_only, args.max_side, args.min_face, args.min_confidence,
-                        detect_every=args.detect_every)
+    detector = Detector(classifier, args.faces_only, detect_every=args.detect_every, **detector_settings(args, classifier))
     show = args.show and (os.environ.get("DISPLAY") or sys.platform in ("win32", "darwin"))
     if args.show and not show:
         print("maskflow.detect: --show ignored: no display", file=sys.stderr)
@@ -241,6 +242,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"maskflow.detect: frames={frames} faces={faces_total} errors={len(errors)} wall_s={wall:.2f} "
           f"fps={frames / wall if wall > 0 else 0.0:.2f}", file=sys.stderr)
     return 0
+
+
+def add_detector_args(parser: argparse.ArgumentParser) -> None:
+    """Detector options; unset ones come from the model's stored settings (conf/detect)."""
+    parser.add_argument("--max-side", type=int, default=None, help="frames are downscaled to this long side for detection")
+    parser.add_argument("--min-face", type=int, default=None, help="smallest face (px, after downscaling) MTCNN looks for")
+    parser.add_argument("--min-confidence", type=float, default=None, help="MTCNN confidence to keep a face")
+
+
+def detector_settings(args: argparse.Namespace, classifier: Classifier) -> dict:
+    s = classifier.settings
+    pick = lambda given, key: s[key] if given is None else given  # noqa: E731
+    return {"max_side": int(pick(args.max_side, "max_side")), "min_face": int(pick(args.min_face, "min_face")),
+            "min_confidence": float(pick(args.min_confidence, "min_confidence")), "margin": float(s["margin"])}
 
 
 def _write(out: Path, frame: Frame, bgr: np.ndarray, writers: dict[str, cv2.VideoWriter]) -> None:

@@ -164,7 +164,7 @@ def voc_items(folder: Path, names: set[str] | None = None, limit: int | None = N
 
 
 def main(argv: list[str] | None = None) -> int:
-    from maskflow.detect import Classifier, Detector
+    from maskflow.detect import Classifier, Detector, add_detector_args, detector_settings
 
     parser = argparse.ArgumentParser(prog="python -m maskflow.evaluate_scenes", description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="VOC folder with images/ and annotations/")
@@ -173,9 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest", type=Path, default=None, help="a prepare manifest.csv: only scenes of --split")
     parser.add_argument("--split", default="test")
     parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--max-side", type=int, default=640)
-    parser.add_argument("--min-face", type=int, default=12)
-    parser.add_argument("--min-confidence", type=float, default=0.8)
+    add_detector_args(parser)
     parser.add_argument("--out", type=Path, default=None, help="write metrics.json and predictions.jsonl here")
     args = parser.parse_args(argv)
     names = None
@@ -183,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         from maskflow.prepare import read_manifest
 
         names = {Path(r["path"]).name for r in read_manifest(args.manifest, args.split)}
-    detector = Detector(Classifier.from_uri(args.model, args.tracking_uri), max_side=args.max_side, min_face=args.min_face,
-                        min_confidence=args.min_confidence)
+    classifier = Classifier.from_uri(args.model, args.tracking_uri)
+    detector = Detector(classifier, **detector_settings(args, classifier))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
     scored = run_scenes(detector, voc_items(args.folder, names, args.limit), args.out / "predictions.jsonl" if args.out else None)

@@ -157,60 +157,46 @@ def run(cfg: DictConfig, ctx: StageContext) -> Exported:
 
 def _register(cfg, ctx, trained: TrainedModel, prepared: PreparedData, evaluation: Evaluation, out: Path) -> str:
     """Log the pyfunc model and register it, reusing a version of the same trained model."""
+    from omegaconf import OmegaConf
+
+    from maskflow import serving
+
+    tags = {"backbone": cfg.model.name, "data_digest": prepared.digest, "data_name": cfg.data.name,
+            "run_id": ctx.run_id or "",
+            **{k: f"{v:.6g}" for k, v in evaluation.metrics.items() if k.startswith("test_") or k in ("latency_ms_b1", "params_total")}}
+    meta = serving.meta_for(trained.classes, trained.input_size, cfg.model.name, OmegaConf.to_container(cfg.detect, resolve=True))
+    examples = split_arrays(prepared.manifest, "test", trained.classes)[0][:2]
+    return register_pyfunc(str(cfg.export.registered_model), trained.model_path, meta, out / "pyfunc_meta.json",
+                           [Path(p) for p in examples], tags)
+
+
+def register_pyfunc(name: str, keras_model: Path, meta: dict, meta_path: Path, examples: Sequence[Path], tags: dict[str, str]) -> str:
+    """Log the pyfunc to the active run and register it as a version of ``name``; a
+    version of the same Keras file under the same pyfunc contract is reused instead."""
     import mlflow
-    from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
 
     from maskflow import serving
     from maskflow.cache import sha256_file
-    from maskflow.tracking import pip_requirements
 
-    name = str(cfg.export.registered_model)
-    model_sha = sha256_file(trained.model_path)
+    model_sha = sha256_file(keras_model)
     client = MlflowClient()
     try:
         existing = client.search_model_versions(f"name = '{name}' and tag.model_sha256 = '{model_sha}'")
     except Exception:  # noqa: BLE001 - older servers lack tag filters; register anew
         existing = []
+    existing = [v for v in existing if v.tags.get("pyfunc_api") == str(serving.PYFUNC_API)]
     if existing:
         version = str(max(int(v.version) for v in existing))
         log.info("export: model already registered as %s version %s", name, version)
         mlflow.set_tag("registered_version", version)
         return version
 
-    meta = out / "pyfunc_meta.json"
-    meta.write_text(json.dumps({"classes": list(trained.classes), "input_size": trained.input_size, "model": cfg.model.name}))
-    example_paths = [r for r in split_arrays(prepared.manifest, "test", trained.classes)[0][:2]]
-    example = serving.encode_images(example_paths)
-    python_model = serving.MaskClassifier()
-    signature = infer_signature(example, _predict_locally(python_model, trained, meta, example))
-    package_dir = Path(serving.__file__).parent
-    info = mlflow.pyfunc.log_model(
-        name="pyfunc",
-        python_model=python_model,
-        artifacts={"keras_model": str(trained.model_path), "meta": str(meta)},
-        code_paths=[str(package_dir)],
-        signature=signature,
-        input_example=example,
-        pip_requirements=pip_requirements(),
-    )
+    info = serving.log_pyfunc(keras_model, meta, meta_path, examples)
     registered = mlflow.register_model(info.model_uri, name)
     version = str(registered.version)
-    tags = {"backbone": cfg.model.name, "data_digest": prepared.digest, "data_name": cfg.data.name,
-            "model_sha256": model_sha, "run_id": ctx.run_id or "",
-            **{k: f"{v:.6g}" for k, v in evaluation.metrics.items() if k.startswith("test_") or k in ("latency_ms_b1", "params_total")}}
-    for key, value in tags.items():
+    for key, value in {**tags, "model_sha256": model_sha, "pyfunc_api": str(serving.PYFUNC_API)}.items():
         client.set_model_version_tag(name, version, key, value)
     mlflow.set_tag("registered_version", version)
     log.info("export: registered %s version %s", name, version)
     return version
-
-
-def _predict_locally(python_model, trained: TrainedModel, meta: Path, example):
-    class _Context:
-        artifacts = {"keras_model": str(trained.model_path), "meta": str(meta)}
-
-    python_model.load_context(_Context())
-    result = python_model.predict(_Context(), example)
-    del python_model.model  # the logged model must not pickle the Keras model
-    return result

@@ -75,6 +75,9 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             (run_dir / f"{stage}.json").write_text(json.dumps(summary, indent=1, default=str))
             mlflow.log_dict(summary, f"{stage}/result.json")
             log.info("stage %s done in %.1f s", stage, elapsed)
+            if stage == "tune" and result.head_model is None:
+                log.info("distributed-tuning worker: done; the chief runs the stages after tune")
+                break
     return ctx.results
 
 

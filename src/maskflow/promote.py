@@ -35,6 +35,10 @@ def decide(client, name: str, version: str, metric: str, mode: str = "max") -> t
         raise ValueError(f"version {version} of {name} has no tag {metric!r} to compare on")
     if champion is None:
         alias, reason = "champion", "no champion yet"
+    elif _same_model_newer_contract(champion.tags, candidate.tags):
+        # The champion's own trained model, re-registered with a newer pyfunc contract
+        # (serving.PYFUNC_API): the same scores, a newer interface.
+        alias, reason = "champion", f"same model as champion v{champion.version}, newer pyfunc contract"
     else:
         old_score = champion.tags.get(metric)
         same_split = champion.tags.get("data_digest") == candidate.tags.get("data_digest")
@@ -48,6 +52,11 @@ def decide(client, name: str, version: str, metric: str, mode: str = "max") -> t
     client.set_registered_model_alias(name, alias, version)
     log.info("promote: %s v%s -> %s (%s)", name, version, alias, reason)
     return alias, reason
+
+
+def _same_model_newer_contract(champion: dict, candidate: dict) -> bool:
+    sha = champion.get("model_sha256")
+    return bool(sha) and sha == candidate.get("model_sha256") and int(candidate.get("pyfunc_api", 1)) > int(champion.get("pyfunc_api", 1))
 
 
 def run(cfg: DictConfig, ctx: StageContext) -> Exported:

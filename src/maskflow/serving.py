@@ -1,10 +1,20 @@
-"""The MLflow pyfunc model: image bytes in, class labels and scores out.
+"""The MLflow pyfunc model: images in, detected faces with mask labels out.
 
-Bundles preprocessing and class names with the Keras model so that
-``mlflow.pyfunc.load_model("models:/maskflow@champion").predict(frame)`` works in a fresh
-process. Input: a DataFrame with an ``image`` column of base64-encoded (or raw) JPEG/PNG
-bytes, one face image per row. Output: ``label``, ``score`` and ``prob_<class>`` per row;
-rows that cannot be decoded get ``label`` "error" and an ``error`` reason, never a crash.
+Bundles the Keras classifier, its preprocessing, the class names and the detector
+settings, so that ``mlflow models serve -m models:/maskflow@champion`` and
+``mlflow.pyfunc.load_model(...).predict(df)`` both detect and classify with the settings
+the model was evaluated with.
+
+Input: a DataFrame with an ``image`` column of base64-encoded JPEG/PNG/... bytes, one
+image per row, and an optional ``source`` column echoed back. Output: one record per row,
+the same shape as ``maskflow.detect --jsonl``::
+
+    {"source": "...", "frame": 0, "faces": [{"box": [x, y, w, h], "label": ..., "score": ..., "detector_score": ...}]}
+
+Param ``faces_only=true`` classifies each image as one face (box = whole image). A
+request with any undecodable, oversized or malformed row is refused as a whole with
+``MlflowException(INVALID_PARAMETER_VALUE)``, which the scoring server answers with HTTP
+400 naming the rows and reasons; the server keeps serving.
 """
 
 from __future__ import annotations
@@ -16,29 +26,57 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import mlflow.pyfunc
-import numpy as np
+
+# Request limits (per image): base64 text length and decoded pixel count.
+MAX_IMAGE_BYTES = 16 * 2**20
+MAX_PIXELS = 40_000_000
+# Used where a model's metadata has no detector settings (older versions).
+DEFAULT_DETECTOR = {"max_side": 640, "min_face": 12, "min_confidence": 0.8, "margin": 0.2}
 
 
-def encode_images(paths: Sequence[str | Path]) -> "pd.DataFrame":  # noqa: F821
+def encode_images(paths: Sequence[str | Path], sources: bool = False) -> "pd.DataFrame":  # noqa: F821
     """A pyfunc input frame from image files (base64 strings in column ``image``)."""
     import pandas as pd
 
-    return pd.DataFrame({"image": [base64.b64encode(Path(p).read_bytes()).decode("ascii") for p in paths]})
+    frame = {"image": [base64.b64encode(Path(p).read_bytes()).decode("ascii") for p in paths]}
+    if sources:
+        frame["source"] = [str(p) for p in paths]
+    return pd.DataFrame(frame)
 
 
-def _to_bytes(value: Any) -> bytes:
+def signature():
+    """Input: ``image`` (base64 string) and optional ``source``; param ``faces_only``."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "image"), ColSpec("string", "source", required=False)]),
+        params=ParamSchema([ParamSpec("faces_only", "boolean", False)]),
+    )
+
+
+def _to_bytes(value: Any, max_bytes: int) -> bytes:
     if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    if isinstance(value, str):
+        data = bytes(value)
+    elif isinstance(value, str):
+        if len(value) * 3 // 4 > max_bytes:
+            raise ValueError(f"image is {len(value) * 3 / 4 / 2**20:.1f} MiB, over the {max_bytes / 2**20:.0f} MiB limit")
         try:
-            return base64.b64decode(value, validate=True)
+            data = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise ValueError(f"not base64: {exc}") from None
-    raise ValueError(f"unsupported image value of type {type(value).__name__}")
+    else:
+        raise ValueError(f"expected a base64 string, got {type(value).__name__}")
+    if len(data) > max_bytes:
+        raise ValueError(f"image is {len(data) / 2**20:.1f} MiB, over the {max_bytes / 2**20:.0f} MiB limit")
+    if not data:
+        raise ValueError("empty image")
+    return data
 
 
-class MaskClassifier(mlflow.pyfunc.PythonModel):
-    """Face image -> mask class. Artifacts: ``keras_model`` (.keras) and ``meta`` (JSON)."""
+class MaskDetectionModel(mlflow.pyfunc.PythonModel):
+    """Detect faces (MTCNN) and classify masks. Artifacts: ``keras_model`` (.keras) and
+    ``meta`` (JSON: classes, input_size, detector settings, limits)."""
 
     def load_context(self, context) -> None:
         import keras
@@ -48,39 +86,107 @@ class MaskClassifier(mlflow.pyfunc.PythonModel):
         meta = json.loads(Path(context.artifacts["meta"]).read_text())
         self.classes: list[str] = list(meta["classes"])
         self.input_size: int = int(meta["input_size"])
-        self.max_pixels: int = int(meta.get("max_pixels", 40_000_000))
+        self.detector_settings: dict[str, float] = {**DEFAULT_DETECTOR, **meta.get("detector", {})}
+        self.max_pixels: int = int(meta.get("max_pixels", MAX_PIXELS))
+        self.max_bytes: int = int(meta.get("max_image_bytes", MAX_IMAGE_BYTES))
         self.model = keras.models.load_model(context.artifacts["keras_model"], compile=False)
+        self._detectors: dict[bool, Any] = {}
 
-    def classify(self, faces: list[np.ndarray]) -> np.ndarray:
-        """RGB face crops (any size) -> class probabilities, one batch."""
-        from maskflow.faces import resize_square
+    def detector(self, faces_only: bool = False):
+        """The detect-then-classify loop of ``maskflow.detect``, built once per mode."""
+        if faces_only not in self._detectors:
+            from maskflow.detect import Classifier, Detector
 
-        if not faces:
-            return np.zeros((0, len(self.classes)), np.float32)
-        batch = np.stack([resize_square(f, self.input_size) for f in faces]).astype(np.float32)
-        return np.asarray(self.model(batch, training=False))
+            s = self.detector_settings
+            self._detectors[faces_only] = Detector(
+                Classifier(self.model, self.classes, self.input_size), faces_only=faces_only,
+                max_side=int(s["max_side"]), min_face=int(s["min_face"]), min_confidence=float(s["min_confidence"]),
+                margin=float(s["margin"]))
+        return self._detectors[faces_only]
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None):
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[dict]:
         import pandas as pd
+        from mlflow.exceptions import MlflowException
 
+        from maskflow.detect import Frame
         from maskflow.imageio import DecodeError, decode_image
 
-        column = model_input["image"] if isinstance(model_input, pd.DataFrame) else model_input
-        faces, rows, errors = [], [], {}
-        for i, value in enumerate(list(column)):
+        if not isinstance(model_input, pd.DataFrame) or "image" not in model_input.columns:
+            raise MlflowException.invalid_parameter_value("expected rows with an 'image' column of base64-encoded images")
+        sources = list(model_input["source"]) if "source" in model_input.columns else [None] * len(model_input)
+        images, errors = [], []
+        for i, value in enumerate(model_input["image"]):
             try:
-                faces.append(decode_image(_to_bytes(value), max_pixels=self.max_pixels).rgb)
-                rows.append(i)
+                images.append(decode_image(_to_bytes(value, self.max_bytes), max_pixels=self.max_pixels).rgb)
             except (DecodeError, ValueError) as exc:
-                errors[i] = getattr(exc, "reason", None) or str(exc)
-        probs = self.classify(faces)
+                errors.append(f"row {i}: {exc}")
+        if errors:
+            raise MlflowException.invalid_parameter_value(
+                f"{len(errors)} of {len(model_input)} images refused (nothing was scored): " + "; ".join(errors[:20]))
+        detector = self.detector(bool((params or {}).get("faces_only", False)))
         out = []
-        by_row = dict(zip(rows, probs))
-        for i in range(len(column)):
-            if i in errors:
-                out.append({"label": "error", "score": 0.0, "error": errors[i], **{f"prob_{c}": 0.0 for c in self.classes}})
-            else:
-                p = by_row[i]
-                k = int(np.argmax(p))
-                out.append({"label": self.classes[k], "score": float(p[k]), "error": "", **{f"prob_{c}": float(v) for c, v in zip(self.classes, p)}})
-        return pd.DataFrame(out)
+        for i, (rgb, source) in enumerate(zip(images, sources)):
+            name = str(source) if isinstance(source, str) and source else f"row-{i}"
+            out.append({"source": name, "frame": 0, "faces": detector(Frame(name, 0, rgb, False))})
+        return out
+
+
+def meta_for(classes: Sequence[str], input_size: int, model_name: str, detector: dict) -> dict:
+    return {"classes": list(classes), "input_size": int(input_size), "model": model_name,
+            "detector": {k: float(v) for k, v in detector.items()}, "max_pixels": MAX_PIXELS,
+            "max_image_bytes": MAX_IMAGE_BYTES, "api": PYFUNC_API}
+
+
+# Bumped when the pyfunc's input/output contract changes: a trained model already
+# registered under an older contract is registered again rather than reused.
+PYFUNC_API = 2
+
+
+def log_pyfunc(keras_model: Path, meta: dict, meta_path: Path, example_images: Sequence[Path]):
+    """Log the pyfunc model (with signature, input example and this package's code) to
+    the active MLflow run; returns MLflow's ModelInfo."""
+    from maskflow.tracking import pip_requirements
+
+    meta_path.write_text(json.dumps(meta))
+    package_dir = Path(__file__).parent
+    return mlflow.pyfunc.log_model(
+        name="pyfunc",
+        python_model=MaskDetectionModel(),
+        artifacts={"keras_model": str(keras_model), "meta": str(meta_path)},
+        code_paths=[str(package_dir)],
+        signature=signature(),
+        input_example=encode_images(example_images[:2]),
+        pip_requirements=pip_requirements(),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m maskflow.serving URL IMAGE [IMAGE ...] [--faces-only]``: send images to
+    a running server, print one JSON line per image (HTTP errors to stderr, exit 1)."""
+    import argparse
+    import sys
+    import urllib.error
+    import urllib.request
+
+    parser = argparse.ArgumentParser(prog="python -m maskflow.serving", description=main.__doc__.splitlines()[0])
+    parser.add_argument("url", help="server root, e.g. http://127.0.0.1:5001")
+    parser.add_argument("images", nargs="+", type=Path)
+    parser.add_argument("--faces-only", action="store_true")
+    args = parser.parse_args(argv)
+    body = {"dataframe_split": encode_images(args.images, sources=True).to_dict(orient="split"),
+            "params": {"faces_only": args.faces_only}}
+    body["dataframe_split"].pop("index", None)
+    request = urllib.request.Request(args.url.rstrip("/") + "/invocations", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            for record in json.loads(response.read())["predictions"]:
+                print(json.dumps(record))
+    except urllib.error.HTTPError as exc:
+        print(f"HTTP {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

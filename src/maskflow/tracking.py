@@ -15,6 +15,8 @@ from typing import Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
+from maskflow.cache import file_lock
+
 log = logging.getLogger(__name__)
 
 
@@ -23,10 +25,17 @@ def configure(cfg: DictConfig) -> str:
     import mlflow
 
     tracking = cfg.tracking
-    mlflow.set_tracking_uri(str(tracking.uri))
+    uri = str(tracking.uri)
+    mlflow.set_tracking_uri(uri)
     if tracking.get("registry_uri"):
         mlflow.set_registry_uri(str(tracking.registry_uri))
-    experiment = mlflow.get_experiment_by_name(tracking.experiment)
+    if uri.startswith("sqlite:///"):
+        # Parallel jobs (joblib multirun, tuning workers) opening a new sqlite store at
+        # once would race on its schema migration: the first creates it, the rest wait.
+        with file_lock(Path(uri[len("sqlite:///"):] + ".lock")):
+            experiment = mlflow.get_experiment_by_name(tracking.experiment)
+    else:
+        experiment = mlflow.get_experiment_by_name(tracking.experiment)
     if experiment is None:
         artifact_root = tracking.get("artifact_root")
         location = Path(artifact_root).resolve().as_uri() + f"/{tracking.experiment}" if artifact_root else None
@@ -80,7 +89,11 @@ def pipeline_run(cfg: DictConfig, root: Path, run_dir: Path) -> Iterator[str]:
     import mlflow
 
     configure(cfg)
-    tags = {"git_commit": git_commit(root), "run_dir": str(run_dir), "model": cfg.model.name, "data": cfg.data.name}
+    import os
+
+    tags = {"git_commit": git_commit(root), "run_dir": str(run_dir), "model": cfg.model.name, "data": cfg.data.name,
+            # thread caps set by a launcher (conf/launcher/joblib.yaml), to compare timings fairly
+            "tf_intraop_threads": os.environ.get("TF_NUM_INTRAOP_THREADS", "default")}
     with mlflow.start_run(run_name=cfg.get("run_name"), tags=tags) as run:
         params = flat_params(cfg)
         items = sorted(params.items())

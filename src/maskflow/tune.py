@@ -10,9 +10,11 @@ the cache, so re-running the same configuration resumes the search.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import keras
 import keras_tuner as kt
@@ -20,7 +22,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from maskflow import backbones
-from maskflow.cache import atomic_write_json, digest
+from maskflow.cache import atomic_write_json, digest, file_lock
 from maskflow.contracts import PreparedData, StageContext, TunedHead
 from maskflow.datasets import balanced_class_weights, image_dataset, split_arrays
 
@@ -69,7 +71,7 @@ def compute_embeddings(cfg: DictConfig, prepared: PreparedData, weights: backbon
             ys.append(labels)
         x, y = np.concatenate(xs).astype(np.float32), np.concatenate(ys)
         out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / f".{split}.tmp.npz"
+        tmp = out_dir / f".{split}.{os.getpid()}.tmp.npz"
         np.savez(tmp, x=x, y=y)
         tmp.replace(target)
         log.info("embeddings %s: %s in %.1f s (%d views)", split, x.shape, time.perf_counter() - started, views)
@@ -95,6 +97,7 @@ class HeadHyperModel(kt.HyperModel):
         self.space = space
         self.class_weights = class_weights
         self.fit_seconds: list[float] = []  # wall time of each trial fitted in this process
+        self.fitted: list[dict[str, Any]] = []  # hyperparameters of each trial fitted here
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         s = self.space
@@ -129,6 +132,7 @@ class HeadHyperModel(kt.HyperModel):
         started = time.perf_counter()
         history = model.fit(*args, class_weight=self.class_weights if weighted else None, **kwargs)
         self.fit_seconds.append(time.perf_counter() - started)
+        self.fitted.append(dict(hp.values))
         return history
 
 
@@ -149,6 +153,37 @@ def make_tuner(cfg: DictConfig, hypermodel: HeadHyperModel, directory: Path, pro
 # ------------------------------------------------------------------------- the stage
 
 
+@contextmanager
+def kerastuner_role(distributed: DictConfig | None) -> Iterator[str | None]:
+    """Set KerasTuner's ``KERASTUNER_*`` variables from ``tune.distributed`` for the
+    search; yields this process's role: None (alone), "chief" or "worker"."""
+    role = distributed.get("role") if distributed else None
+    saved = {k: os.environ.get(k) for k in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")}
+    if role is not None:
+        if role not in ("chief", "worker"):
+            raise ValueError(f"tune.distributed.role must be null, chief or worker; got {role!r}")
+        os.environ.update(KERASTUNER_TUNER_ID="chief" if role == "chief" else str(distributed.worker_id),
+                          KERASTUNER_ORACLE_IP=str(distributed.host), KERASTUNER_ORACLE_PORT=str(distributed.port))
+    tuner_id = os.environ.get("KERASTUNER_TUNER_ID")
+    active = "KERASTUNER_ORACLE_IP" in os.environ and tuner_id
+    try:
+        yield None if not active else ("chief" if "chief" in tuner_id else "worker")
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _search_finished(tuner: kt.Tuner, cfg: DictConfig) -> bool:
+    """A chief resuming a finished search must not wait for workers that never come."""
+    if cfg.tune.algorithm == "hyperband":
+        return False
+    done = [t for t in tuner.oracle.trials.values() if str(t.status) == "COMPLETED"]
+    return len(done) >= int(cfg.tune.max_trials)
+
+
 def run(cfg: DictConfig, ctx: StageContext) -> TunedHead:
     import mlflow
 
@@ -157,7 +192,8 @@ def run(cfg: DictConfig, ctx: StageContext) -> TunedHead:
     key = embedding_key(cfg, prepared, weights)
     emb_dir = ctx.cache_dir / "embeddings" / f"{cfg.model.name}-{key}"
     started = time.perf_counter()
-    compute_embeddings(cfg, prepared, weights, emb_dir)
+    with file_lock(ctx.cache_dir / "embeddings" / f".{cfg.model.name}-{key}.lock"):
+        compute_embeddings(cfg, prepared, weights, emb_dir)
     embed_time = time.perf_counter() - started
     x_train, y_train = load_embeddings(emb_dir, "train")
     x_val, y_val = load_embeddings(emb_dir, "val")
@@ -166,25 +202,36 @@ def run(cfg: DictConfig, ctx: StageContext) -> TunedHead:
         raise RuntimeError(f"tune needs train and val samples; got {len(x_train)} and {len(x_val)}")
 
     hypermodel = HeadHyperModel(x_train.shape[1], n_classes, cfg.tune.space, balanced_class_weights(y_train, n_classes))
-    tune_key = digest({"embeddings": key, "tune": OmegaConf.to_container(cfg.tune, resolve=True), "seed": int(cfg.seed)})
+    search = OmegaConf.to_container(cfg.tune, resolve=True)
+    search["distributed"] = None  # the chief and its workers must share one project
+    tune_key = digest({"embeddings": key, "tune": search, "seed": int(cfg.seed)})
     tuner_dir = ctx.cache_dir / "tune"
     project = f"{cfg.model.name}-{tune_key}"
-    tuner = make_tuner(cfg, hypermodel, tuner_dir, project)
     keras.utils.set_random_seed(int(cfg.seed))
     objective = str(cfg.tune.objective)
     stop = keras.callbacks.EarlyStopping(monitor=objective, mode="max" if "acc" in objective else "min",
                                          patience=int(cfg.tune.patience), restore_best_weights=True)
     train_ds, val_ds = _datasets(x_train, y_train, x_val, y_val, n_classes, int(cfg.tune.batch_size), int(cfg.seed))
     started = time.perf_counter()
-    tuner.search(train_ds, validation_data=val_ds, epochs=int(cfg.tune.epochs), callbacks=[stop], verbose=0)
+    with kerastuner_role(cfg.tune.get("distributed")) as role:
+        tuner = make_tuner(cfg, hypermodel, tuner_dir, project)
+        if role == "chief" and _search_finished(tuner, cfg):
+            log.info("tune: search %s already finished; not waiting for workers", project)
+        else:
+            if role:
+                log.info("tune: distributed search as %s (%s), project %s", os.environ["KERASTUNER_TUNER_ID"], role, project)
+            # A chief serves the oracle here until the workers have run every trial.
+            tuner.search(train_ds, validation_data=val_ds, epochs=int(cfg.tune.epochs), callbacks=[stop], verbose=0)
     search_time = time.perf_counter() - started
+    out_dir = ctx.run_dir / "tune"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if role == "worker":
+        return _worker_done(cfg, hypermodel, out_dir, emb_dir, objective, weights, search_time)
 
     trials = _trials(tuner)
     done = [t for t in trials if t["status"] == "COMPLETED"]
     best_hp = tuner.get_best_hyperparameters(1)[0]
     head = tuner.get_best_models(1)[0]
-    out_dir = ctx.run_dir / "tune"
-    out_dir.mkdir(parents=True, exist_ok=True)
     head_path = tuner_dir / project / "best_head.keras"
     head.save(head_path)
     best_score = float(tuner.oracle.get_best_trials(1)[0].score)
@@ -192,6 +239,8 @@ def run(cfg: DictConfig, ctx: StageContext) -> TunedHead:
     log.info("tune: %d trials (%s), best %s=%.4f, hp=%s", len(done), cfg.tune.algorithm, objective, best_score, best_hp.values)
 
     if mlflow.active_run() is not None:
+        if role:
+            mlflow.set_tag("tune_role", role)
         mlflow.log_params({"weights_file": weights.file or "random", "weights_sha256": weights.sha256 or "", "weights_origin": weights.origin})
         mlflow.log_params({f"hp_{k}": v for k, v in best_hp.values.items()})
         seconds = hypermodel.fit_seconds
@@ -210,6 +259,24 @@ def run(cfg: DictConfig, ctx: StageContext) -> TunedHead:
         embeddings_dir=emb_dir, head_model=head_path, best_hyperparameters=dict(best_hp.values),
         best_score=best_score, objective=objective, weights_file=weights.argument,
     )
+
+
+def _worker_done(cfg, hypermodel: HeadHyperModel, out_dir: Path, emb_dir: Path, objective: str,
+                 weights: backbones.ResolvedWeights, search_time: float) -> TunedHead:
+    """A worker's share of a distributed search: the trials it fitted (the chief holds
+    the results and picks the best head)."""
+    import mlflow
+
+    worker_id = str(cfg.tune.distributed.worker_id)
+    record = {"worker": worker_id, "trials": hypermodel.fitted, "fit_seconds": hypermodel.fit_seconds}
+    atomic_write_json(out_dir / f"worker-{worker_id}.json", record)
+    log.info("tune: worker %s fitted %d trials in %.1f s", worker_id, len(hypermodel.fitted), search_time)
+    if mlflow.active_run() is not None:
+        mlflow.set_tag("tune_role", f"worker:{worker_id}")
+        mlflow.log_metrics({"tune_worker_trials": len(hypermodel.fitted), "tune_search_time_s": round(search_time, 3)})
+        mlflow.log_artifact(str(out_dir / f"worker-{worker_id}.json"), "tune")
+    return TunedHead(embeddings_dir=emb_dir, head_model=None, best_hyperparameters={}, best_score=float("nan"),
+                     objective=objective, weights_file=weights.argument)
 
 
 def _datasets(x_train, y_train, x_val, y_val, n_classes: int, batch_size: int, seed: int):

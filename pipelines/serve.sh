@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# REST serving of the registered champion: POST /invocations with base64 images, get the
+# same face records as `maskflow.detect --jsonl`. `--env-manager local` uses this
+# environment (works offline); on a machine with network, `virtualenv` or `conda` build
+# the model's own environment from its pinned requirements instead.
+#   pipelines/serve.sh [MODEL_URI] [PORT]
+# Example request:
+#   python -m maskflow.serving http://127.0.0.1:5001 photo.jpg
+set -euo pipefail
+cd "$(dirname "$0")/.."
+model="${1:-models:/maskflow@champion}"
+port="${2:-5001}"
+export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlflow.db}"
+exec mlflow models serve -m "${model}" --env-manager local --host "${MLFLOW_HOST:-127.0.0.1}" --port "${port}" \
+  --workers "${MLFLOW_WORKERS:-1}"
