@@ -156,13 +156,15 @@ def annotate(rgb: np.ndarray, faces: list[dict]) -> np.ndarray:
 class Detector:
     """Detect-then-classify for one frame at a time, with optional box carry-over."""
 
-    def __init__(self, classifier: Classifier, faces_only: bool = False, max_side: int = 640, min_face: int = 12,
-                 min_confidence: float = 0.8, margin: float = 0.2, detect_every: int = 1) -> None:
+    def __init__(self, classifier: Classifier, faces_only: bool = False, max_side: int = 640, min_face: float = 12,
+                 min_confidence: float = 0.8, margin: float = 0.2, detect_every: int = 1,
+                 thresholds: Sequence[float] = (0.6, 0.7, 0.8), box_calibration: dict | None = None) -> None:
         self.classifier = classifier
         self.faces_only = faces_only
-        self.detector = None if faces_only else FaceDetector(min_face_size=min_face, max_side=max_side)
+        self.detector = None if faces_only else FaceDetector(min_face_size=min_face, max_side=max_side, thresholds=thresholds)
         self.min_confidence = min_confidence
         self.margin = margin
+        self.box_calibration = dict(box_calibration) if box_calibration else None
         self.detect_every = max(1, detect_every)
         self._last: tuple[str, int, list[dict]] | None = None
 
@@ -185,7 +187,8 @@ class Detector:
         out = []
         for face, p in zip(faces, probs):
             k = int(np.argmax(p))
-            out.append({"box": [int(v) for v in face.box], "label": self.classifier.classes[k], "score": round(float(p[k]), 6),
+            box = face.box if self.faces_only else calibrate_box(face.box, self.box_calibration, w, h)
+            out.append({"box": [int(v) for v in box], "label": self.classifier.classes[k], "score": round(float(p[k]), 6),
                         "detector_score": round(float(face.score), 6)})
         self._last = (frame.source, frame.index, out)
         return out
@@ -244,18 +247,40 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def calibrate_box(box: Sequence[float], calibration: dict | None, width: int, height: int) -> tuple[int, int, int, int]:
+    """MTCNN's box moved/rescaled to the annotation convention of the scene data (centre
+    shift ``dx, dy`` and scale ``sw, sh``, relative to the box; fitted on a train split
+    by ``python -m maskflow.evaluate_scenes --fit-boxes``), clipped to the image.
+    Classification still crops the raw box, as in training."""
+    x, y, w, h = (float(v) for v in box)
+    if calibration:
+        cx, cy = x + w / 2 + calibration["dx"] * w, y + h / 2 + calibration["dy"] * h
+        w, h = w * calibration["sw"], h * calibration["sh"]
+        x, y = cx - w / 2, cy - h / 2
+    x0, y0 = max(0.0, x), max(0.0, y)
+    x1, y1 = min(float(width), x + w), min(float(height), y + h)
+    return round(x0), round(y0), max(1, round(x1 - x0)), max(1, round(y1 - y0))
+
+
+def detector_kwargs(settings: dict) -> dict:
+    """Detector arguments from stored/configured settings (conf/detect, model metadata)."""
+    return {"max_side": int(settings["max_side"]), "min_face": float(settings["min_face"]),
+            "min_confidence": float(settings["min_confidence"]), "margin": float(settings["margin"]),
+            "thresholds": tuple(float(t) for t in settings.get("thresholds") or (0.6, 0.7, 0.8)),
+            "box_calibration": dict(settings["box_calibration"]) if settings.get("box_calibration") else None}
+
+
 def add_detector_args(parser: argparse.ArgumentParser) -> None:
     """Detector options; unset ones come from the model's stored settings (conf/detect)."""
     parser.add_argument("--max-side", type=int, default=None, help="frames are downscaled to this long side for detection")
-    parser.add_argument("--min-face", type=int, default=None, help="smallest face (px, after downscaling) MTCNN looks for")
+    parser.add_argument("--min-face", type=float, default=None, help="smallest face (px, after downscaling) MTCNN looks for")
     parser.add_argument("--min-confidence", type=float, default=None, help="MTCNN confidence to keep a face")
 
 
 def detector_settings(args: argparse.Namespace, classifier: Classifier) -> dict:
-    s = classifier.settings
-    pick = lambda given, key: s[key] if given is None else given  # noqa: E731
-    return {"max_side": int(pick(args.max_side, "max_side")), "min_face": int(pick(args.min_face, "min_face")),
-            "min_confidence": float(pick(args.min_confidence, "min_confidence")), "margin": float(s["margin"])}
+    """The model's stored detector settings, with the options given on the command line."""
+    given = {"max_side": args.max_side, "min_face": args.min_face, "min_confidence": args.min_confidence}
+    return detector_kwargs({**classifier.settings, **{k: v for k, v in given.items() if v is not None}})
 
 
 def _write(out: Path, frame: Frame, bgr: np.ndarray, writers: dict[str, cv2.VideoWriter]) -> None:

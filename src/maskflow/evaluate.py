@@ -283,15 +283,16 @@ def _scenes(cfg: DictConfig, ctx: StageContext, model, size: int, classes: list[
     """Detect-then-classify on the held-out split of a VOC scene set (scenes_* metrics)."""
     from maskflow import prepare
     from maskflow.cache import atomic_write_json
-    from maskflow.detect import Classifier, Detector
+    from maskflow.detect import Classifier, Detector, detector_kwargs
     from maskflow.evaluate_scenes import run_scenes, voc_items
 
     sc = cfg.evaluate.scenes
     data_cfg, prepared = _prepared(cfg, ctx, str(sc.data), f"xtest_{str(sc.data).replace('-', '_')}")
     names = {Path(r["path"]).name for r in prepare.read_manifest(prepared.manifest, str(sc.split))}
     items = voc_items(Path(data_cfg.root), names, int(sc.limit) if sc.get("limit") else None)
-    detector = Detector(Classifier(model, classes, size), max_side=int(sc.max_side), min_face=int(sc.min_face),
-                        min_confidence=float(sc.min_confidence), margin=float(cfg.data.face_crop.margin))
+    settings = OmegaConf.to_container(cfg.detect, resolve=True)
+    settings.update(max_side=sc.max_side, min_face=sc.min_face, min_confidence=sc.min_confidence)
+    detector = Detector(Classifier(model, classes, size), **detector_kwargs(settings))
     scored = run_scenes(detector, items, out / "scenes_predictions.jsonl")
     atomic_write_json(out / "scenes_metrics.json", scored)
     log.info("evaluate: scenes (%d %s images of %s): %s", len(items), sc.split, sc.data,

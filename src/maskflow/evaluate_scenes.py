@@ -151,6 +151,34 @@ def run_scenes(detector, items: Sequence[tuple[Path, list[tuple[str, tuple]]]], 
     return scored
 
 
+def fit_box_calibration(face_detector, items: Sequence[tuple[Path, list]], min_iou: float = 0.3) -> dict[str, float]:
+    """Median centre shift and scale from MTCNN boxes to annotated boxes (each truth with
+    its best detection at IoU >= ``min_iou``): the annotation convention of a scene set.
+    Fit on a train split; the evaluation split must not be used."""
+    from maskflow.imageio import DecodeError, read_image
+
+    dx, dy, sw, sh = [], [], [], []
+    for path, truths in items:
+        try:
+            faces = face_detector.detect(read_image(path).rgb)
+        except DecodeError:
+            continue
+        for _, box in truths:
+            overlaps = [iou(f.box, box) for f in faces]
+            if not overlaps or max(overlaps) < min_iou:
+                continue
+            x, y, w, h = faces[int(np.argmax(overlaps))].box
+            tx, ty, tw, th = box
+            dx.append((tx + tw / 2 - x - w / 2) / w)
+            dy.append((ty + th / 2 - y - h / 2) / h)
+            sw.append(tw / w)
+            sh.append(th / h)
+    if not dx:
+        raise ValueError("no detection overlaps an annotated face: nothing to fit")
+    return {"dx": round(float(np.median(dx)), 4), "dy": round(float(np.median(dy)), 4),
+            "sw": round(float(np.median(sw)), 4), "sh": round(float(np.median(sh)), 4), "pairs": len(dx)}
+
+
 def voc_items(folder: Path, names: set[str] | None = None, limit: int | None = None) -> list[tuple[Path, list]]:
     from maskflow.prepare import parse_voc
 
@@ -175,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None)
     add_detector_args(parser)
     parser.add_argument("--out", type=Path, default=None, help="write metrics.json and predictions.jsonl here")
+    parser.add_argument("--fit-boxes", action="store_true",
+                        help="fit detect.box_calibration on these scenes (use a train split) and print it")
     args = parser.parse_args(argv)
     names = None
     if args.manifest:
@@ -183,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
         names = {Path(r["path"]).name for r in read_manifest(args.manifest, args.split)}
     classifier = Classifier.from_uri(args.model, args.tracking_uri)
     detector = Detector(classifier, **detector_settings(args, classifier))
+    if args.fit_boxes:
+        fitted = fit_box_calibration(detector.detector, voc_items(args.folder, names, args.limit))
+        print(f"# {fitted.pop('pairs')} matched faces of {args.folder} ({args.split} split)")
+        print("box_calibration: {" + ", ".join(f"{k}: {v}" for k, v in fitted.items()) + "}")
+        return 0
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
     scored = run_scenes(detector, voc_items(args.folder, names, args.limit), args.out / "predictions.jsonl" if args.out else None)

@@ -33,7 +33,7 @@ from maskflow.contracts import PreparedData, StageContext
 log = logging.getLogger(__name__)
 
 # Bump when the per-file processing changes meaning, so stale cache entries are not reused.
-PROCESS_VERSION = 1
+PROCESS_VERSION = 2  # 2: MTCNN pyramid reaches faces that fill the image (faces.py)
 MANIFEST_FIELDS = [
     "sample_id", "path", "label", "sha256", "size_bytes", "source", "group", "split", "status",
     "reason", "crop", "face", "det_score", "box", "width", "height", "mode", "phash",

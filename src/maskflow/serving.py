@@ -31,7 +31,8 @@ import mlflow.pyfunc
 MAX_IMAGE_BYTES = 16 * 2**20
 MAX_PIXELS = 40_000_000
 # Used where a model's metadata has no detector settings (older versions).
-DEFAULT_DETECTOR = {"max_side": 640, "min_face": 12, "min_confidence": 0.8, "margin": 0.2}
+DEFAULT_DETECTOR = {"max_side": 640, "min_face": 12, "min_confidence": 0.8, "margin": 0.2,
+                    "thresholds": [0.6, 0.7, 0.8], "box_calibration": None}
 
 
 def encode_images(paths: Sequence[str | Path], sources: bool = False) -> "pd.DataFrame":  # noqa: F821
@@ -95,13 +96,10 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
     def detector(self, faces_only: bool = False):
         """The detect-then-classify loop of ``maskflow.detect``, built once per mode."""
         if faces_only not in self._detectors:
-            from maskflow.detect import Classifier, Detector
+            from maskflow.detect import Classifier, Detector, detector_kwargs
 
-            s = self.detector_settings
-            self._detectors[faces_only] = Detector(
-                Classifier(self.model, self.classes, self.input_size), faces_only=faces_only,
-                max_side=int(s["max_side"]), min_face=int(s["min_face"]), min_confidence=float(s["min_confidence"]),
-                margin=float(s["margin"]))
+            self._detectors[faces_only] = Detector(Classifier(self.model, self.classes, self.input_size),
+                                                   faces_only=faces_only, **detector_kwargs(self.detector_settings))
         return self._detectors[faces_only]
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[dict]:
@@ -133,7 +131,7 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
 
 def meta_for(classes: Sequence[str], input_size: int, model_name: str, detector: dict) -> dict:
     return {"classes": list(classes), "input_size": int(input_size), "model": model_name,
-            "detector": {k: float(v) for k, v in detector.items()}, "max_pixels": MAX_PIXELS,
+            "detector": dict(detector), "max_pixels": MAX_PIXELS,
             "max_image_bytes": MAX_IMAGE_BYTES, "api": PYFUNC_API}
 
 
