@@ -129,6 +129,11 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
         return out
 
 
+# Versions registered before PYFUNC_API 2 pickled this name; they load as the new model
+# (with default detector settings), since an installed maskflow shadows their bundled code.
+MaskClassifier = MaskDetectionModel
+
+
 def meta_for(classes: Sequence[str], input_size: int, model_name: str, detector: dict) -> dict:
     return {"classes": list(classes), "input_size": int(input_size), "model": model_name,
             "detector": dict(detector), "max_pixels": MAX_PIXELS,
