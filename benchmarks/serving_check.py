@@ -89,7 +89,7 @@ def main() -> int:
             "not base64": json.dumps({"dataframe_records": [{"image": "not base64 at all!"}]}).encode(),
             "text, not an image": record(b"just some text, not an image" * 10),
             "truncated JPEG": record(images[0].read_bytes()[:1500]),
-            "over 16 MiB": json.dumps({"dataframe_records": [{"image": "A" * (17 * 2**20)}]}).encode(),
+            "over 16 MiB": json.dumps({"dataframe_records": [{"image": "A" * (23 * 2**20)}]}).encode(),  # 17 MiB decoded
             "no image column": json.dumps({"dataframe_records": [{"photo": "abc"}]}).encode(),
             "not JSON": b"{{{ nope",
         }

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +125,7 @@ def test_full_pipeline_registers_and_promotes(tmp_path):
     (inputs / "corrupt.jpg").write_bytes(b"\xff\xd8\xff broken")
     _truncated_video(inputs / "clip.avi", faces[0])
     jsonl = tmp_path / "faces.jsonl"
+    started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "maskflow.detect", str(inputs), "--faces-only", "--jsonl", str(jsonl),
                            "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--out", str(tmp_path / "annotated")],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
@@ -134,7 +136,13 @@ def test_full_pipeline_registers_and_promotes(tmp_path):
     face = images[0]["faces"][0]
     assert set(face) == {"box", "label", "score", "detector_score"} and len(face["box"]) == 4
     assert sum(r["source"].endswith(".avi") for r in lines) >= 5  # frames before the break were kept
+    outside = time.perf_counter() - started
     assert "corrupt.jpg" in proc.stderr and "frames=" in proc.stderr.splitlines()[-1]
+    summary = dict(item.split("=") for item in proc.stderr.splitlines()[-1].split(": ", 1)[1].split())
+    assert int(summary["frames"]) == len(lines)
+    # The summary's wall clock is the command's (start-up and model load included).
+    assert 0.8 * outside <= float(summary["wall_s"]) <= outside
+    assert float(summary["fps"]) == pytest.approx(len(lines) / float(summary["wall_s"]), rel=0.02)
 
     # A worse configuration (random weights, no fine-tuning) must not take the champion alias.
     run_pipeline(tmp_path, *common, "model.weights=null", "train.epochs=0", "tune.max_trials=1")

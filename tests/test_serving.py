@@ -210,7 +210,7 @@ def test_served_champion_detects_faces_and_refuses_bad_payloads(served, tmp_path
         "not an image": {"dataframe_records": [{"image": base64.b64encode(b"hello, world" * 50).decode()}]},
         "truncated": {"dataframe_records": [{"image": base64.b64encode(truncated).decode()}]},
         "too many pixels": rows([bomb]),
-        "too many bytes": {"dataframe_records": [{"image": "A" * (17 * 2**20)}]},
+        "too many bytes": {"dataframe_records": [{"image": "A" * (23 * 2**20)}]},  # 17 MiB decoded
         "no image column": {"dataframe_records": [{"picture": "abc"}]},
         "not json": b"{this is not json",
         "one bad row refuses the request": {"dataframe_records": rows(images[:1])["dataframe_records"] + [{"image": "@@"}]},
@@ -222,6 +222,7 @@ def test_served_champion_detects_faces_and_refuses_bad_payloads(served, tmp_path
         assert message, name
     assert "row 1" in post(url, bad["one bad row refuses the request"])[1]["message"]
     assert "pixel" in post(url, bad["too many pixels"])[1]["message"].lower()
+    assert "MiB limit" in post(url, bad["too many bytes"])[1]["message"]
 
     # Still serving, with the same answers as the model loaded in this process.
     assert proc.poll() is None

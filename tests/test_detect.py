@@ -1,0 +1,40 @@
+"""The detect-then-classify loop: pipelined == sequential, carry-over between detections."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from maskflow.detect import Classifier, Detector, Frame, pipelined
+from maskflow.imageio import read_image
+
+from .conftest import SCENES, needs_shared
+from .test_serving import tiny_keras_model
+
+
+def _frames() -> list[Frame]:
+    scenes = [read_image(SCENES / "images" / f"maksssksksss{i}.jpg").rgb for i in (11, 104)]
+    # Two "videos" of 5 frames each (the scene shifted a little each frame), then a still.
+    frames = [Frame(f"video{v}", k, np.roll(rgb, 2 * k, axis=1), True) for v, rgb in enumerate(scenes) for k in range(5)]
+    return frames + [Frame("still.jpg", 0, scenes[0], False)]
+
+
+@needs_shared
+def test_pipelined_gives_the_sequential_records_in_order(tmp_path):
+    import keras
+
+    model = keras.models.load_model(tiny_keras_model(tmp_path / "m.keras"))
+    frames = _frames()
+
+    def detector():
+        return Detector(Classifier(model, ["with_mask", "without_mask"], 32), detect_every=2)
+
+    one_by_one = detector()
+    sequential = [(f.source, f.index, one_by_one(f)) for f in frames]
+    overlapped = [(f.source, f.index, records) for f, records in pipelined(detector(), iter(frames))]
+    assert overlapped == sequential
+    assert sum(len(r) for _, _, r in sequential) >= 8  # real MTCNN found the faces
+    # Between detections (every 2nd frame) a video frame repeats the previous records.
+    by_frame = {(s, i): r for s, i, r in sequential}
+    assert by_frame[("video0", 1)] == by_frame[("video0", 0)] and by_frame[("video1", 3)] == by_frame[("video1", 2)]
+    # A new source is always detected afresh.
+    assert by_frame[("video1", 0)] != by_frame[("video0", 4)]
