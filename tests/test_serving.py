@@ -26,6 +26,7 @@ import pytest
 from .conftest import SCENES, compose, needs_shared
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # two servers start: about 40 s
 
 
 def free_port() -> int:
