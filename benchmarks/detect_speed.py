@@ -34,21 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def held_out_items(split: str = "test") -> list[tuple[Path, list]]:
-    """The VOC items of mask-scenes-853's ``split``, via the pipeline's (cached) prepare."""
-    from hydra import compose, initialize_config_dir
+    """The VOC items of mask-scenes-853's ``split``, split as the pipeline splits it."""
+    from maskflow.evaluate_scenes import split_names, voc_items
 
-    from maskflow.config import CONF_DIR, register_resolvers
-    from maskflow.contracts import StageContext
-    from maskflow.evaluate_scenes import voc_items
-    from maskflow.prepare import read_manifest, run
-
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["data=mask-scenes-853"])
-    ctx = StageContext(run_dir=Path(tempfile.mkdtemp(prefix="bench-")), cache_dir=Path(cfg.paths.cache_dir))
-    prepared = run(cfg, ctx)
-    names = {Path(r["path"]).name for r in read_manifest(prepared.manifest, split)}
-    return voc_items(Path(cfg.data.root), names)
+    root = Path(os.environ.get("MASKFLOW_DATA_DIR", ROOT.parent / "shared" / "data")) / "mask-scenes-853"
+    return voc_items(root, split_names(root, split))
 
 
 def scene_video(items, size: tuple[int, int], frames: int, hold: int = 11) -> tuple[list[np.ndarray], list[list]]:

@@ -106,15 +106,19 @@ def test_full_pipeline_registers_and_promotes(tmp_path):
         "import json,sys,mlflow; from maskflow.serving import encode_images;"
         f"mlflow.set_tracking_uri('sqlite:///{tmp_path}/mlflow.db');"
         "m=mlflow.pyfunc.load_model('models:/maskflow@champion');"
-        "out=m.predict(encode_images(sys.argv[1:]));"
-        "print(json.dumps(out[['label','score']].to_dict('records')))"
+        "crops=m.predict(encode_images(sys.argv[1:]), params={'faces_only': True});"
+        "found=m.predict(encode_images(sys.argv[1:]));"
+        "print(json.dumps([r['faces'][0] for r in crops])); print(json.dumps(found))"
     )
     proc = subprocess.run([sys.executable, "-c", script, *map(str, faces)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    records = json.loads(proc.stdout.strip().splitlines()[-1])
+    records, found = (json.loads(line) for line in proc.stdout.strip().splitlines()[-2:])
     assert len(records) == 4
     assert all(r["label"] in ("with_mask", "without_mask") and 0.5 <= r["score"] <= 1.0 for r in records)
+    # Without faces_only the same model detects: one record per image, same shape as detect --jsonl.
+    assert [r["source"] for r in found] == [f"row-{i}" for i in range(4)] and all(r["frame"] == 0 for r in found)
+    assert sum(len(r["faces"]) for r in found) >= 2
 
     # The detect CLI on face crops (+ a corrupt image and a truncated video): JSON lines
     # in the documented shape, bad inputs reported, a summary line on stderr.
@@ -141,7 +145,7 @@ def test_full_pipeline_registers_and_promotes(tmp_path):
     summary = dict(item.split("=") for item in proc.stderr.splitlines()[-1].split(": ", 1)[1].split())
     assert int(summary["frames"]) == len(lines)
     # The summary's wall clock is the command's (start-up and model load included).
-    assert 0.8 * outside <= float(summary["wall_s"]) <= outside
+    assert outside - 5.0 <= float(summary["wall_s"]) <= outside  # less interpreter start-up
     assert float(summary["fps"]) == pytest.approx(len(lines) / float(summary["wall_s"]), rel=0.02)
 
     # A worse configuration (random weights, no fine-tuning) must not take the champion alias.

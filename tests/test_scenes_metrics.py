@@ -6,6 +6,8 @@ import pytest
 
 from maskflow.evaluate_scenes import average_precision, iou, score_scenes
 
+from .conftest import SCENES, needs_shared
+
 
 def test_iou():
     assert iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
@@ -45,3 +47,24 @@ def test_unknown_truth_classes_are_ignored_and_counted():
     scored = score_scenes([([], truths)], ["with_mask", "without_mask"])
     assert scored["metrics"]["scenes_ignored_other_classes"] == 1.0
     assert scored["metrics"]["scenes_faces"] == 0.0
+
+
+@needs_shared
+def test_split_names_split_a_voc_folder_as_the_pipeline_does(tmp_path):
+    import shutil
+
+    from maskflow.evaluate_scenes import split_names
+
+    folder = tmp_path / "scenes"
+    (folder / "images").mkdir(parents=True)
+    (folder / "annotations").mkdir()
+    for xml in sorted((SCENES / "annotations").glob("*.xml"))[:16]:
+        shutil.copy(xml, folder / "annotations")
+        image = SCENES / "images" / (xml.stem + ".jpg")
+        shutil.copy(image, folder / "images")
+    cache = [f"paths.cache_dir={tmp_path}/cache", "data.workers=1"]
+    names = {s: split_names(folder, s, overrides=cache) for s in ("train", "val", "test")}
+    assert names["test"] and names["train"]
+    assert not (names["test"] & names["train"]) and not (names["test"] & names["val"])
+    assert set().union(*names.values()) == {p.name for p in (folder / "images").iterdir()}
+    assert split_names(folder, "test", overrides=cache) == names["test"]  # deterministic

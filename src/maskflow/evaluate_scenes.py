@@ -1,8 +1,9 @@
 """End-to-end evaluation of detect-then-classify on VOC-annotated scenes.
 
-    python -m maskflow.evaluate_scenes DIR [--model URI] [--limit N] [--out DIR]
+    python -m maskflow.evaluate_scenes DIR [--split test|val|train|all] [--model URI] [--limit N] [--out DIR]
 
-DIR holds ``images/`` and ``annotations/`` (PASCAL VOC). Predicted faces are matched to
+DIR holds ``images/`` and ``annotations/`` (PASCAL VOC). By default only its held-out
+(test) split is scored, split exactly as the pipeline splits it. Predicted faces are matched to
 ground-truth boxes at IoU >= 0.5. Reported: detection precision/recall, per-class AP
 (VOC all-point interpolation; a prediction counts for its predicted class, ranked by
 detector score x class score), ``scenes_map50`` (mean over classes present), accuracy of
@@ -191,6 +192,24 @@ def voc_items(folder: Path, names: set[str] | None = None, limit: int | None = N
     return items[:limit] if limit else items
 
 
+def split_names(folder: Path, split: str, data: str = "mask-scenes-853", overrides: Sequence[str] = ()) -> set[str]:
+    """Image names of one split of a VOC folder, split exactly as the pipeline splits it
+    (``conf/data/<data>.yaml`` with ``data.root=folder``; prepare is cached)."""
+    import tempfile
+
+    from hydra import compose, initialize_config_dir
+
+    from maskflow.config import CONF_DIR, register_resolvers
+    from maskflow.contracts import StageContext
+    from maskflow.prepare import read_manifest, run
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"data={data}", f"data.root={Path(folder).resolve()}", *overrides])
+    ctx = StageContext(run_dir=Path(tempfile.mkdtemp(prefix="maskflow-scenes-")), cache_dir=Path(cfg.paths.cache_dir))
+    return {Path(r["path"]).name for r in read_manifest(run(cfg, ctx).manifest, split)}
+
+
 def main(argv: list[str] | None = None) -> int:
     from maskflow.detect import Classifier, Detector, add_detector_args, detector_settings
 
@@ -198,8 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", type=Path, help="VOC folder with images/ and annotations/")
     parser.add_argument("--model", default="models:/maskflow@champion")
     parser.add_argument("--tracking-uri", default=None)
-    parser.add_argument("--manifest", type=Path, default=None, help="a prepare manifest.csv: only scenes of --split")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", default="test", choices=("test", "val", "train", "all"),
+                        help="scenes of this split, as the pipeline splits the folder (default: the held-out test split)")
+    parser.add_argument("--manifest", type=Path, default=None, help="take --split from this prepare manifest.csv instead")
+    parser.add_argument("--data", default="mask-scenes-853", help="the conf/data config whose split settings apply")
     parser.add_argument("--limit", type=int, default=None)
     add_detector_args(parser)
     parser.add_argument("--out", type=Path, default=None, help="write metrics.json and predictions.jsonl here")
@@ -207,10 +228,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="fit detect.box_calibration on these scenes (use a train split) and print it")
     args = parser.parse_args(argv)
     names = None
-    if args.manifest:
+    if args.manifest and args.split != "all":
         from maskflow.prepare import read_manifest
 
         names = {Path(r["path"]).name for r in read_manifest(args.manifest, args.split)}
+    elif args.split != "all":
+        names = split_names(args.folder, args.split, args.data)
     classifier = Classifier.from_uri(args.model, args.tracking_uri)
     detector = Detector(classifier, **detector_settings(args, classifier))
     if args.fit_boxes:
@@ -223,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     scored = run_scenes(detector, voc_items(args.folder, names, args.limit), args.out / "predictions.jsonl" if args.out else None)
     if args.out:
         (args.out / "metrics.json").write_text(json.dumps(scored, indent=1))
-    print(json.dumps(scored["metrics"], indent=1))
+    print(json.dumps({"split": args.split, **scored["metrics"]}, indent=1))
     return 0
 
 

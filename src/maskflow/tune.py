@@ -203,7 +203,9 @@ def run(cfg: DictConfig, ctx: StageContext) -> TunedHead:
 
     hypermodel = HeadHyperModel(x_train.shape[1], n_classes, cfg.tune.space, balanced_class_weights(y_train, n_classes))
     search = OmegaConf.to_container(cfg.tune, resolve=True)
-    search["distributed"] = None  # the chief and its workers must share one project
+    # The chief and its workers share one project; None is the value before the option
+    # existed, so tuner state from older runs stays valid.
+    search["distributed"] = None
     tune_key = digest({"embeddings": key, "tune": search, "seed": int(cfg.seed)})
     tuner_dir = ctx.cache_dir / "tune"
     project = f"{cfg.model.name}-{tune_key}"
