@@ -290,9 +290,8 @@ def _scenes(cfg: DictConfig, ctx: StageContext, model, size: int, classes: list[
     data_cfg, prepared = _prepared(cfg, ctx, str(sc.data), f"xtest_{str(sc.data).replace('-', '_')}")
     names = {Path(r["path"]).name for r in prepare.read_manifest(prepared.manifest, str(sc.split))}
     items = voc_items(Path(data_cfg.root), names, int(sc.limit) if sc.get("limit") else None)
-    settings = OmegaConf.to_container(cfg.detect, resolve=True)
-    settings.update(max_side=sc.max_side, min_face=sc.min_face, min_confidence=sc.min_confidence)
-    detector = Detector(Classifier(model, classes, size), **detector_kwargs(settings))
+    # conf/detect, as registered with the model: what is evaluated is what gets served.
+    detector = Detector(Classifier(model, classes, size), **detector_kwargs(OmegaConf.to_container(cfg.detect, resolve=True)))
     scored = run_scenes(detector, items, out / "scenes_predictions.jsonl")
     atomic_write_json(out / "scenes_metrics.json", scored)
     log.info("evaluate: scenes (%d %s images of %s): %s", len(items), sc.split, sc.data,
