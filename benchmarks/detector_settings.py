@@ -1,4 +1,4 @@
-"""How the detector settings in conf/detect/default.yaml were chosen.
+"""How the MTCNN settings in conf/detect/mtcnn.yaml were chosen (detect=mtcnn).
 
     python benchmarks/detector_settings.py [--model models:/maskflow@champion]
 
@@ -34,7 +34,7 @@ def main() -> None:
 
     classifier = Classifier.from_uri(args.model)
     test, train = held_out_items("test"), held_out_items("train")
-    stored = detector_kwargs(classifier.settings)
+    stored = detector_kwargs({**classifier.settings, "backend": "mtcnn", "labels": "classifier"})  # the MTCNN study
     base = {**stored, "max_side": 640, "min_face": 12.0, "thresholds": (0.6, 0.7, 0.8), "min_confidence": 0.8}
     fitted = fit_box_calibration(Detector(classifier, **{**base, "box_calibration": None}).detector, train[:300])
     calibration = {k: v for k, v in fitted.items() if k != "pairs"}

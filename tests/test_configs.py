@@ -31,7 +31,10 @@ def test_defaults_point_at_the_shared_folder_and_project_store(tmp_path):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name="config")
     assert cfg.model.name == "mobilenetv2" and cfg.data.name == "mask-faces-4k"
-    assert list(cfg.stages) == ["prepare", "tune", "finetune", "evaluate", "export", "promote"]
+    assert list(cfg.stages) == ["prepare", "tune", "finetune", "facedet", "evaluate", "export", "promote"]
+    # The trained detector is the default; the MTCNN settings stay composed for --backend mtcnn.
+    assert cfg.detect.backend == "facedet" and cfg.detect.labels == "detector" and cfg.detect.thresholds
+    assert cfg.facedet.data == "mask-scenes-853" and cfg.facedet.epochs > 0
     assert cfg.tracking.uri == f"sqlite:///{PROJECT_ROOT}/mlflow.db"
     assert cfg.tune.max_trials >= 20
 

@@ -21,7 +21,8 @@ from .conftest import copy_real_faces, needs_shared
 def test_plan_adds_upstream_stages_in_order():
     assert plan(["prepare"]) == ["prepare"]
     assert plan(["finetune"]) == ["prepare", "tune", "finetune"]
-    assert plan(["export", "prepare"]) == ["prepare", "tune", "finetune", "evaluate", "export"]
+    assert plan(["export", "prepare"]) == ["prepare", "tune", "finetune", "facedet", "evaluate", "export"]
+    assert plan(["facedet"]) == ["prepare", "facedet"]
     with pytest.raises(ValueError):
         plan(["deploy"])
 
@@ -96,7 +97,9 @@ def test_full_pipeline_registers_and_promotes(tmp_path):
     metrics = run.data.metrics
     for key in ("test_accuracy", "test_f1_macro", "test_roc_auc", "test_ece", "latency_ms_b1", "throughput_b32",
                 "params_total", "val_accuracy", "train_time_s", "tune_trials", "export_tflite_int8_test_accuracy",
-                "prepare_time_s", "tune_time_s", "finetune_time_s", "evaluate_time_s", "export_time_s"):
+                "prepare_time_s", "tune_time_s", "finetune_time_s", "evaluate_time_s", "export_time_s",
+                "facedet_time_s", "facedet_val_map50", "facedet_train_time_s", "scenes_map50",
+                "xtest_mask_faces_4k_facedet_found"):
         assert key in metrics, key
     assert champion.tags["backbone"] == "mobilenet_025"
 
@@ -116,9 +119,12 @@ def test_full_pipeline_registers_and_promotes(tmp_path):
     records, found = (json.loads(line) for line in proc.stdout.strip().splitlines()[-2:])
     assert len(records) == 4
     assert all(r["label"] in ("with_mask", "without_mask") and 0.5 <= r["score"] <= 1.0 for r in records)
-    # Without faces_only the same model detects: one record per image, same shape as detect --jsonl.
+    # Without faces_only the same model detects with the registered (here barely trained)
+    # face detector: one record per image, same shape as detect --jsonl, scene labels.
     assert [r["source"] for r in found] == [f"row-{i}" for i in range(4)] and all(r["frame"] == 0 for r in found)
-    assert sum(len(r["faces"]) for r in found) >= 2
+    scene_classes = {"with_mask", "without_mask", "mask_weared_incorrect"}
+    assert all(f["label"] in scene_classes and len(f["box"]) == 4 for r in found for f in r["faces"])
+    assert champion.tags["facedet_val_map50"]  # the detector's numbers travel with the version
 
     # The detect CLI on face crops (+ a corrupt image and a truncated video): JSON lines
     # in the documented shape, bad inputs reported, a summary line on stderr.

@@ -47,6 +47,17 @@ class TrainedModel:
 
 
 @dataclass(frozen=True)
+class TrainedDetector:
+    """Output of ``facedet``: the trained face-and-mask detector, or ``model_path`` None
+    when ``detect.backend`` is MTCNN (nothing to train)."""
+
+    model_path: Path | None  # .keras; input: uint8-range RGB (any size), output: CenterNet maps
+    classes: tuple[str, ...]
+    long_side: int  # frames are resized to this long side
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Evaluation:
     metrics: dict[str, float]
     report_dir: Path

@@ -1,11 +1,12 @@
 """``python -m maskflow.detect SOURCE [SOURCE ...]``: detect faces, classify masks.
 
 SOURCE is an image, a folder of images (recursive), a video file, a camera index or a
-stream URL. Faces are found with MTCNN on a downscaled copy of each frame (boxes mapped
-back to the original pixels), cropped exactly as in training, and all faces of a frame
-are classified in one batch. On video, detection can run every k-th frame with the
-classified boxes carried over in between (``--detect-every``). Bad inputs are reported
-and skipped; a video that breaks mid-way keeps what was processed.
+stream URL. With the model's trained detector (``facedet``, the default) one network pass
+over the resized frame finds and labels every face; with ``--backend mtcnn`` MTCNN finds
+faces on a downscaled copy, and their crops (cut exactly as in training) are classified
+in one batch. Boxes are in the original pixels. On video, detection can run every k-th
+frame with the labelled boxes carried over in between (``--detect-every``). Bad inputs
+are reported and skipped; a video that breaks mid-way keeps what was processed.
 
 At the end one summary line goes to stderr: frames, faces, wall seconds, frames/s.
 """
@@ -52,7 +53,8 @@ class Classifier:
     """Face crops (already at ``input_size``) -> class probabilities, one batch per frame.
     ``settings``: the detector settings stored with a registered model (or defaults)."""
 
-    def __init__(self, keras_model, classes: Sequence[str], input_size: int, settings: dict | None = None) -> None:
+    def __init__(self, keras_model, classes: Sequence[str], input_size: int, settings: dict | None = None,
+                 face_model=None, face_classes: Sequence[str] = ()) -> None:
         import tensorflow as tf
 
         from maskflow.serving import DEFAULT_DETECTOR
@@ -60,6 +62,9 @@ class Classifier:
         self.classes = list(classes)
         self.input_size = int(input_size)
         self.settings = {**DEFAULT_DETECTOR, **(settings or {})}
+        # The trained face-and-mask detector registered with the model (None: MTCNN only).
+        self.face_model = face_model
+        self.face_classes = list(face_classes)
         self._call = tf.function(lambda x: keras_model(x, training=False), reduce_retracing=True)
 
     @classmethod
@@ -72,7 +77,8 @@ class Classifier:
         if tracking_uri or not os.environ.get("MLFLOW_TRACKING_URI"):
             mlflow.set_tracking_uri(tracking_uri or f"sqlite:///{PROJECT_ROOT}/mlflow.db")
         model = mlflow.pyfunc.load_model(uri).unwrap_python_model()
-        return cls(model.model, model.classes, model.input_size, getattr(model, "detector_settings", None))
+        return cls(model.model, model.classes, model.input_size, getattr(model, "detector_settings", None),
+                   getattr(model, "face_model", None), getattr(model, "face_classes", ()))
 
     def __call__(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         if not crops:
@@ -155,27 +161,54 @@ def annotate(rgb: np.ndarray, faces: list[dict]) -> np.ndarray:
 
 
 class Detector:
-    """Detect-then-classify for one frame at a time, with optional box carry-over."""
+    """Detect-then-classify for one frame at a time, with optional box carry-over.
+
+    ``backend="facedet"``: the trained detector (``classifier.face_model``) finds faces and,
+    with ``labels="detector"``, labels them too (no crops, one network pass per frame);
+    ``labels="classifier"`` classifies its crops instead. ``backend="mtcnn"``: MTCNN finds
+    faces and the classifier labels the crops."""
 
     def __init__(self, classifier: Classifier, faces_only: bool = False, max_side: int = 640, min_face: float = 12,
                  min_confidence: float = 0.8, margin: float = 0.2, detect_every: int = 1,
-                 thresholds: Sequence[float] = (0.6, 0.7, 0.8), box_calibration: dict | None = None) -> None:
+                 thresholds: Sequence[float] = (0.6, 0.7, 0.8), box_calibration: dict | None = None,
+                 backend: str = "mtcnn", long_side: int = 512, labels: str = "classifier", flip: bool = False) -> None:
         self.classifier = classifier
         self.faces_only = faces_only
-        self.detector = None if faces_only else FaceDetector(min_face_size=min_face, max_side=max_side, thresholds=thresholds)
+        self.backend = backend
+        self.labels = labels if backend == "facedet" and not faces_only else "classifier"
+        if faces_only:
+            self.detector = None
+        elif backend == "facedet":
+            if classifier.face_model is None:
+                raise ValueError("detect.backend=facedet, but this model carries no trained face detector "
+                                 "(register one with the pipeline's facedet stage, or use --backend mtcnn)")
+            from maskflow.facedet import TrainedFaceDetector
+
+            self.detector = TrainedFaceDetector(classifier.face_model, classifier.face_classes, long_side,
+                                                min_score=min_confidence, flip=flip)
+        elif backend == "mtcnn":
+            self.detector = FaceDetector(min_face_size=min_face, max_side=max_side, thresholds=thresholds)
+        else:
+            raise ValueError(f"unknown detector backend {backend!r} (facedet | mtcnn)")
         self.min_confidence = min_confidence
         self.margin = margin
-        self.box_calibration = dict(box_calibration) if box_calibration else None
+        # Trained boxes already follow the annotations; MTCNN's are calibrated to them.
+        self.box_calibration = dict(box_calibration) if box_calibration and backend == "mtcnn" else None
         self.detect_every = max(1, detect_every)
         self._last_found: tuple[str, int] | None = None  # (source, frame) of the last detection
         self._last_labels: list[dict] = []  # records of the last labelled detection
+
+    @property
+    def classes(self) -> list[str]:
+        """The labels this detector can output."""
+        return self.classifier.face_classes if self.labels == "detector" else self.classifier.classes
 
     def __call__(self, frame: Frame) -> list[dict]:
         """Face records of one frame; on video between detections, the last frame's."""
         return self.label(frame, self.find(frame))
 
     def find(self, frame: Frame) -> list[Face] | None:
-        """The faces of a frame (MTCNN), or None on a video frame between detections."""
+        """The faces of a frame (the face detector), or None on a video frame between detections."""
         last = self._last_found
         if frame.is_video and last and last[0] == frame.source and frame.index - last[1] < self.detect_every:
             return None
@@ -192,6 +225,14 @@ class Detector:
         if faces is None:
             return [dict(face) for face in self._last_labels]
         h, w = frame.rgb.shape[:2]
+        if self.labels == "detector":
+            out = []
+            for face in faces:
+                k = int(np.argmax(face.probs))
+                out.append({"box": [int(v) for v in face.box], "label": self.classifier.face_classes[k],
+                            "score": round(float(face.probs[k]), 6), "detector_score": round(float(face.score), 6)})
+            self._last_labels = out
+            return out
         size = self.classifier.input_size
         if self.faces_only:
             crops = [resize_square(frame.rgb, size)]
@@ -307,19 +348,29 @@ def detector_kwargs(settings: dict) -> dict:
     return {"max_side": int(settings["max_side"]), "min_face": float(settings["min_face"]),
             "min_confidence": float(settings["min_confidence"]), "margin": float(settings["margin"]),
             "thresholds": tuple(float(t) for t in settings.get("thresholds") or (0.6, 0.7, 0.8)),
-            "box_calibration": dict(settings["box_calibration"]) if settings.get("box_calibration") else None}
+            "box_calibration": dict(settings["box_calibration"]) if settings.get("box_calibration") else None,
+            "backend": str(settings.get("backend") or "mtcnn"), "long_side": int(settings.get("long_side") or 512),
+            "labels": str(settings.get("labels") or "classifier"), "flip": bool(settings.get("flip", False))}
 
 
 def add_detector_args(parser: argparse.ArgumentParser) -> None:
     """Detector options; unset ones come from the model's stored settings (conf/detect)."""
-    parser.add_argument("--max-side", type=int, default=None, help="frames are downscaled to this long side for detection")
-    parser.add_argument("--min-face", type=float, default=None, help="smallest face (px, after downscaling) MTCNN looks for")
-    parser.add_argument("--min-confidence", type=float, default=None, help="MTCNN confidence to keep a face")
+    parser.add_argument("--backend", choices=("facedet", "mtcnn"), default=None,
+                        help="face detector: facedet (trained, registered with the model) | mtcnn")
+    parser.add_argument("--labels", choices=("detector", "classifier"), default=None,
+                        help="facedet: label faces by the detector's class maps, or crop and classify")
+    parser.add_argument("--long-side", type=int, default=None, help="facedet: frames are resized to this long side")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="facedet: also run the mirrored frame and average (more accurate, 2x the cost)")
+    parser.add_argument("--max-side", type=int, default=None, help="mtcnn: frames are downscaled to this long side for detection")
+    parser.add_argument("--min-face", type=float, default=None, help="mtcnn: smallest face (px, after downscaling) to look for")
+    parser.add_argument("--min-confidence", type=float, default=None, help="face score (detector confidence) to keep a face")
 
 
 def detector_settings(args: argparse.Namespace, classifier: Classifier) -> dict:
     """The model's stored detector settings, with the options given on the command line."""
-    given = {"max_side": args.max_side, "min_face": args.min_face, "min_confidence": args.min_confidence}
+    given = {"max_side": args.max_side, "min_face": args.min_face, "min_confidence": args.min_confidence,
+             "backend": args.backend, "labels": args.labels, "long_side": args.long_side, "flip": args.flip}
     return detector_kwargs({**classifier.settings, **{k: v for k, v in given.items() if v is not None}})
 
 

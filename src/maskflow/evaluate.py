@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from maskflow.contracts import Evaluation, PreparedData, StageContext, TrainedModel
 from maskflow.datasets import image_dataset, split_arrays
@@ -260,25 +260,6 @@ def run(cfg: DictConfig, ctx: StageContext) -> Evaluation:
     return Evaluation(metrics=metrics, report_dir=out)
 
 
-def _prepared(cfg: DictConfig, ctx: StageContext, name: str, tag: str):
-    """Another data config, prepared (cached) under the output/MLflow prefix ``tag``."""
-    from maskflow import prepare
-    from maskflow.config import CONF_DIR
-
-    if name == cfg.data.name:
-        return cfg.data, ctx.need("prepare")
-    key = f"data:{name}"
-    if key not in ctx.results:
-        config_file = CONF_DIR / "data" / f"{name}.yaml"
-        if not config_file.exists():
-            raise FileNotFoundError(f"evaluate names the data config '{name}', but {config_file} does not exist")
-        sub = cfg.copy()
-        with open_dict(sub):
-            sub.data = OmegaConf.load(config_file)
-        ctx.results[key] = (sub.data, prepare.run(sub, ctx, name=tag))
-    return ctx.results[key]
-
-
 def _scenes(cfg: DictConfig, ctx: StageContext, model, size: int, classes: list[str], out: Path) -> dict[str, float]:
     """Detect-then-classify on the held-out split of a VOC scene set (scenes_* metrics)."""
     from maskflow import prepare
@@ -287,16 +268,52 @@ def _scenes(cfg: DictConfig, ctx: StageContext, model, size: int, classes: list[
     from maskflow.evaluate_scenes import run_scenes, voc_items
 
     sc = cfg.evaluate.scenes
-    data_cfg, prepared = _prepared(cfg, ctx, str(sc.data), f"xtest_{str(sc.data).replace('-', '_')}")
+    data_cfg, prepared = prepare.prepared_for(cfg, ctx, str(sc.data), f"xtest_{str(sc.data).replace('-', '_')}")
     names = {Path(r["path"]).name for r in prepare.read_manifest(prepared.manifest, str(sc.split))}
     items = voc_items(Path(data_cfg.root), names, int(sc.limit) if sc.get("limit") else None)
     # conf/detect, as registered with the model: what is evaluated is what gets served.
-    detector = Detector(Classifier(model, classes, size), **detector_kwargs(OmegaConf.to_container(cfg.detect, resolve=True)))
+    facedet = ctx.results.get("facedet")
+    face_model = facedet.model_path if facedet is not None else None
+    classifier = Classifier(model, classes, size, face_model=face_model, face_classes=facedet.classes if face_model else ())
+    detector = Detector(classifier, **detector_kwargs(OmegaConf.to_container(cfg.detect, resolve=True)))
     scored = run_scenes(detector, items, out / "scenes_predictions.jsonl")
     atomic_write_json(out / "scenes_metrics.json", scored)
     log.info("evaluate: scenes (%d %s images of %s): %s", len(items), sc.split, sc.data,
              {k: round(v, 4) for k, v in scored["metrics"].items()})
-    return scored["metrics"]
+    metrics = dict(scored["metrics"])
+    if detector.labels == "detector" and str(cfg.data.get("format", "folders")) != "voc" and str(sc.data) != cfg.data.name:
+        metrics.update(_detector_on_test_images(cfg, ctx, detector, int(sc.limit) if sc.get("limit") else None))
+    return metrics
+
+
+def _detector_on_test_images(cfg: DictConfig, ctx: StageContext, detector, limit: int | None) -> dict[str, float]:
+    """The trained detector (trained on scenes) on the run's own test images, whole and
+    one labelled face each: a cross-dataset check of detect-then-label beside the scenes.
+    ``found``: images with a face; ``accuracy``: the top face's label is the image's."""
+    from maskflow import prepare
+    from maskflow.detect import Frame
+    from maskflow.imageio import DecodeError, read_image
+
+    prepared: PreparedData = ctx.need("prepare")
+    rows = prepare.read_manifest(prepared.manifest, "test")[:limit]
+    found = correct = skipped = 0
+    for r in rows:
+        try:
+            rgb = read_image(Path(str(cfg.data.root)) / r["path"]).rgb
+        except DecodeError:
+            skipped += 1
+            continue
+        faces = detector(Frame(r["path"], 0, rgb, False))
+        if faces:
+            found += 1
+            correct += int(max(faces, key=lambda f: f["detector_score"])["label"] == r["label"])
+    n = max(1, len(rows) - skipped)
+    tag = f"xtest_{str(cfg.data.name).replace('-', '_')}_facedet"
+    result = {f"{tag}_images": float(n), f"{tag}_found": found / n, f"{tag}_accuracy": correct / n,
+              f"{tag}_accuracy_found": correct / max(1, found)}
+    log.info("evaluate: the trained detector on %d whole test images of %s: %s", n, cfg.data.name,
+             {k: round(v, 4) for k, v in result.items()})
+    return result
 
 
 def _cross_dataset(cfg: DictConfig, ctx: StageContext, model, size: int, classes: list[str], name: str) -> dict[str, float]:
@@ -306,7 +323,7 @@ def _cross_dataset(cfg: DictConfig, ctx: StageContext, model, size: int, classes
     if name == cfg.data.name:
         raise ValueError(f"evaluate.extra '{name}' is the training set itself")
     tag = f"xtest_{name.replace('-', '_')}"
-    _, extra = _prepared(cfg, ctx, name, tag)
+    _, extra = prepare.prepared_for(cfg, ctx, name, tag)
     index = {c: i for i, c in enumerate(classes)}
     rows = [r for r in prepare.read_manifest(extra.manifest)]
     usable = [r for r in rows if r["label"] in index]

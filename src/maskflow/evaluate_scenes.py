@@ -146,7 +146,7 @@ def run_scenes(detector, items: Sequence[tuple[Path, list[tuple[str, tuple]]]], 
     finally:
         if out:
             out.close()
-    scored = score_scenes(results, detector.classifier.classes)
+    scored = score_scenes(results, detector.classes)
     scored["metrics"]["scenes_images_skipped"] = float(skipped)
     scored["metrics"]["scenes_seconds_per_image"] = (time.perf_counter() - started) / max(1, len(results))
     return scored

@@ -164,22 +164,31 @@ def _register(cfg, ctx, trained: TrainedModel, prepared: PreparedData, evaluatio
     tags = {"backbone": cfg.model.name, "data_digest": prepared.digest, "data_name": cfg.data.name,
             "run_id": ctx.run_id or "",
             **{k: f"{v:.6g}" for k, v in evaluation.metrics.items() if k.startswith("test_") or k in ("latency_ms_b1", "params_total")}}
-    meta = serving.meta_for(trained.classes, trained.input_size, cfg.model.name, OmegaConf.to_container(cfg.detect, resolve=True))
+    facedet = ctx.results.get("facedet")
+    face_model = facedet.model_path if facedet is not None and str(cfg.detect.get("backend", "mtcnn")) == "facedet" else None
+    if face_model is not None:
+        tags.update({k: f"{v:.6g}" for k, v in facedet.metrics.items()})
+    meta = serving.meta_for(trained.classes, trained.input_size, cfg.model.name, OmegaConf.to_container(cfg.detect, resolve=True),
+                            facedet.classes if face_model is not None else ())
     examples = split_arrays(prepared.manifest, "test", trained.classes)[0][:2]
     return register_pyfunc(str(cfg.export.registered_model), trained.model_path, meta, out / "pyfunc_meta.json",
-                           [Path(p) for p in examples], tags)
+                           [Path(p) for p in examples], tags, face_model)
 
 
-def register_pyfunc(name: str, keras_model: Path, meta: dict, meta_path: Path, examples: Sequence[Path], tags: dict[str, str]) -> str:
+def register_pyfunc(name: str, keras_model: Path, meta: dict, meta_path: Path, examples: Sequence[Path], tags: dict[str, str],
+                    face_model: Path | None = None) -> str:
     """Log the pyfunc to the active run and register it as a version of ``name``; a
-    version of the same Keras file under the same pyfunc contract is reused instead."""
+    version of the same Keras files (classifier, face detector) under the same pyfunc
+    contract is reused instead."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
     from maskflow import serving
-    from maskflow.cache import sha256_file
+    from maskflow.cache import sha256_bytes, sha256_file
 
     model_sha = sha256_file(keras_model)
+    if face_model is not None:  # the served model is the pair
+        model_sha = sha256_bytes(f"{model_sha}:{sha256_file(face_model)}".encode())
     client = MlflowClient()
     try:
         existing = client.search_model_versions(f"name = '{name}' and tag.model_sha256 = '{model_sha}'")
@@ -192,7 +201,7 @@ def register_pyfunc(name: str, keras_model: Path, meta: dict, meta_path: Path, e
         mlflow.set_tag("registered_version", version)
         return version
 
-    info = serving.log_pyfunc(keras_model, meta, meta_path, examples)
+    info = serving.log_pyfunc(keras_model, meta, meta_path, examples, face_model)
     registered = mlflow.register_model(info.model_uri, name)
     version = str(registered.version)
     for key, value in {**tags, "model_sha256": model_sha, "pyfunc_api": str(serving.PYFUNC_API)}.items():

@@ -19,6 +19,7 @@ import numpy as np
 class Face:
     box: tuple[int, int, int, int]  # x, y, w, h in pixels of the original image
     score: float
+    probs: tuple[float, ...] | None = None  # class probabilities, from a detector that classifies
 
 
 def crop_face(rgb: np.ndarray, box: Sequence[float], margin: float, size: int) -> np.ndarray:

@@ -25,8 +25,9 @@ from maskflow.contracts import StageContext, to_jsonable
 
 log = logging.getLogger("maskflow")
 
-STAGES = ("prepare", "tune", "finetune", "evaluate", "export", "promote")
-REQUIRES = {"tune": ["prepare"], "finetune": ["tune"], "evaluate": ["finetune"], "export": ["evaluate"], "promote": ["export"]}
+STAGES = ("prepare", "tune", "finetune", "facedet", "evaluate", "export", "promote")
+REQUIRES = {"tune": ["prepare"], "finetune": ["tune"], "facedet": ["prepare"], "evaluate": ["finetune", "facedet"],
+            "export": ["evaluate"], "promote": ["export"]}
 
 
 def plan(requested: list[str]) -> list[str]:
@@ -59,6 +60,12 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         from maskflow.backbones import resolve_weights
 
         resolve_weights(cfg.model, list(cfg.paths.weights_dirs))
+    if "facedet" in stages and str(cfg.detect.get("backend", "mtcnn")) == "facedet":
+        from omegaconf import OmegaConf
+
+        from maskflow.backbones import resolve_weights
+
+        resolve_weights(OmegaConf.load(CONF_DIR / "model" / f"{cfg.facedet.backbone}.yaml"), list(cfg.paths.weights_dirs))
     cache_dir = Path(cfg.paths.cache_dir)
     ctx = StageContext(run_dir=run_dir, cache_dir=cache_dir)
     with tracking.pipeline_run(cfg, PROJECT_ROOT, run_dir) as run_id:

@@ -509,3 +509,24 @@ def _log_mlflow(cfg: DictConfig, out_dir: Path, manifest: Path, report: dict[str
         metrics[f"{name}_n_{split}"] = sum(by_class.values())
     mlflow.log_metrics(metrics)
     mlflow.log_artifacts(str(out_dir), artifact_path=name)
+
+
+def prepared_for(cfg: DictConfig, ctx: StageContext, name: str, tag: str) -> tuple[DictConfig, PreparedData]:
+    """Another data config (``conf/data/<name>.yaml``), prepared once per pipeline (cached)
+    under the output/MLflow prefix ``tag``; the run's own data when ``name`` is it."""
+    from omegaconf import OmegaConf, open_dict
+
+    from maskflow.config import CONF_DIR
+
+    if name == cfg.data.name:
+        return cfg.data, ctx.need("prepare")
+    key = f"data:{name}"
+    if key not in ctx.results:
+        config_file = CONF_DIR / "data" / f"{name}.yaml"
+        if not config_file.exists():
+            raise FileNotFoundError(f"a stage names the data config '{name}', but {config_file} does not exist")
+        sub = cfg.copy()
+        with open_dict(sub):
+            sub.data = OmegaConf.load(config_file)
+        ctx.results[key] = (sub.data, run(sub, ctx, name=tag))
+    return ctx.results[key]

@@ -31,8 +31,8 @@ import mlflow.pyfunc
 MAX_IMAGE_BYTES = 16 * 2**20
 MAX_PIXELS = 40_000_000
 # Used where a model's metadata has no detector settings (older versions).
-DEFAULT_DETECTOR = {"max_side": 640, "min_face": 12, "min_confidence": 0.8, "margin": 0.2,
-                    "thresholds": [0.6, 0.7, 0.8], "box_calibration": None}
+DEFAULT_DETECTOR = {"backend": "mtcnn", "max_side": 640, "min_face": 12, "min_confidence": 0.8, "margin": 0.2,
+                    "thresholds": [0.6, 0.7, 0.8], "box_calibration": None, "long_side": 512, "labels": "classifier"}
 
 
 def encode_images(paths: Sequence[str | Path], sources: bool = False) -> "pd.DataFrame":  # noqa: F821
@@ -76,8 +76,9 @@ def _to_bytes(value: Any, max_bytes: int) -> bytes:
 
 
 class MaskDetectionModel(mlflow.pyfunc.PythonModel):
-    """Detect faces (MTCNN) and classify masks. Artifacts: ``keras_model`` (.keras) and
-    ``meta`` (JSON: classes, input_size, detector settings, limits)."""
+    """Detect faces and classify masks. Artifacts: ``keras_model`` (the classifier, .keras),
+    ``meta`` (JSON: classes, input_size, detector settings, limits) and, with
+    ``detector.backend=facedet``, ``face_detector`` (the trained detector, .keras)."""
 
     def load_context(self, context) -> None:
         import keras
@@ -91,6 +92,9 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
         self.max_pixels: int = int(meta.get("max_pixels", MAX_PIXELS))
         self.max_bytes: int = int(meta.get("max_image_bytes", MAX_IMAGE_BYTES))
         self.model = keras.models.load_model(context.artifacts["keras_model"], compile=False)
+        face_path = context.artifacts.get("face_detector")
+        self.face_model = keras.models.load_model(face_path, compile=False) if face_path else None
+        self.face_classes: list[str] = list(meta.get("face_classes") or [])
         self._detectors: dict[bool, Any] = {}
 
     def detector(self, faces_only: bool = False):
@@ -98,8 +102,9 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
         if faces_only not in self._detectors:
             from maskflow.detect import Classifier, Detector, detector_kwargs
 
-            self._detectors[faces_only] = Detector(Classifier(self.model, self.classes, self.input_size),
-                                                   faces_only=faces_only, **detector_kwargs(self.detector_settings))
+            classifier = Classifier(self.model, self.classes, self.input_size, face_model=getattr(self, "face_model", None),
+                                    face_classes=getattr(self, "face_classes", ()))
+            self._detectors[faces_only] = Detector(classifier, faces_only=faces_only, **detector_kwargs(self.detector_settings))
         return self._detectors[faces_only]
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[dict]:
@@ -134,28 +139,33 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
 MaskClassifier = MaskDetectionModel
 
 
-def meta_for(classes: Sequence[str], input_size: int, model_name: str, detector: dict) -> dict:
+def meta_for(classes: Sequence[str], input_size: int, model_name: str, detector: dict,
+             face_classes: Sequence[str] = ()) -> dict:
     return {"classes": list(classes), "input_size": int(input_size), "model": model_name,
-            "detector": dict(detector), "max_pixels": MAX_PIXELS,
+            "detector": dict(detector), "face_classes": list(face_classes), "max_pixels": MAX_PIXELS,
             "max_image_bytes": MAX_IMAGE_BYTES, "api": PYFUNC_API}
 
 
 # Bumped when the pyfunc's input/output contract changes: a trained model already
 # registered under an older contract is registered again rather than reused.
-PYFUNC_API = 2
+# 3: the trained face detector travels with the model; labels may be the scene classes.
+PYFUNC_API = 3
 
 
-def log_pyfunc(keras_model: Path, meta: dict, meta_path: Path, example_images: Sequence[Path]):
+def log_pyfunc(keras_model: Path, meta: dict, meta_path: Path, example_images: Sequence[Path], face_model: Path | None = None):
     """Log the pyfunc model (with signature, input example and this package's code) to
     the active MLflow run; returns MLflow's ModelInfo."""
     from maskflow.tracking import pip_requirements
 
     meta_path.write_text(json.dumps(meta))
     package_dir = Path(__file__).parent
+    artifacts = {"keras_model": str(keras_model), "meta": str(meta_path)}
+    if face_model is not None:
+        artifacts["face_detector"] = str(face_model)
     return mlflow.pyfunc.log_model(
         name="pyfunc",
         python_model=MaskDetectionModel(),
-        artifacts={"keras_model": str(keras_model), "meta": str(meta_path)},
+        artifacts=artifacts,
         code_paths=[str(package_dir)],
         signature=signature(),
         input_example=encode_images(example_images[:2]),

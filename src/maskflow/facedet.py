@@ -1,0 +1,389 @@
+"""A trained face-and-mask detector: CenterNet heads on a ``keras.applications`` backbone.
+
+MTCNN (trained on unmasked faces) misses about a third of the faces in crowded scenes
+with masks, and the close-up classifier confuses many small scene faces. This detector
+is fine-tuned from ImageNet weights on the train split of a VOC scene set: one heatmap
+per class at stride 4 (a face is a peak, its class the heatmap it peaks in), plus box
+size and sub-pixel offset at each peak (Zhou et al., "Objects as Points", 2019). Scenes
+with rare classes are sampled more often (``mask_weared_incorrect`` has ~3% of the
+faces). It runs fully convolutional on the whole frame, so its cost depends on pixels,
+not on faces. (A single face map with a separate class head scored lower on the val
+split: scenes_map50 0.35 against 0.42, same budget.)
+
+Box records match :class:`maskflow.faces.Face` plus class probabilities, so
+:mod:`maskflow.detect` can use it in place of MTCNN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import cv2
+import keras
+import numpy as np
+
+from maskflow import backbones  # registers Preprocess, so saved detectors load anywhere
+
+STRIDE = 4
+FEATURES = {  # MobileNetV2 layers at strides 4, 8, 16, 32
+    "MobileNetV2": ("block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu", "out_relu"),
+}
+
+
+@dataclass(frozen=True)
+class Detection:
+    box: tuple[int, int, int, int]  # x, y, w, h in pixels of the original image
+    score: float  # face probability: 1 - prod(1 - peak of each class)
+    probs: tuple[float, ...]  # class probabilities (class peaks, normalised)
+
+
+@keras.saving.register_keras_serializable(package="maskflow")
+class Upsample2x(keras.layers.Layer):
+    """Bilinear 2x upsampling that traces with unknown frame sizes (Keras' UpSampling2D
+    bilinear needs static ones, so one compiled graph could not serve every frame)."""
+
+    def call(self, x):
+        import tensorflow as tf
+
+        return tf.image.resize(x, tf.shape(x)[1:3] * 2, method="bilinear")
+
+
+def build_model(num_classes: int, backbone, feature_layers: Sequence[str], width: int = 64):
+    """Image (uint8-range RGB, any size divisible by 32) -> (H/4, W/4, classes + 4):
+    class heatmap logits, log box size (in stride units), centre offset."""
+    from keras import layers
+
+    from maskflow.backbones import Preprocess
+
+    inputs = keras.Input((None, None, 3), name="image")
+    x = Preprocess("tf")(inputs)
+    taps = keras.Model(backbone.input, [backbone.get_layer(n).output for n in feature_layers], name="backbone")(x)
+    # Top-down feature pyramid down to stride 4 (small faces need the fine level).
+    y = layers.Conv2D(width, 1, use_bias=False, name="lat_3")(taps[-1])
+    for i in range(len(taps) - 2, -1, -1):
+        y = Upsample2x(name=f"up_{i}")(y)
+        y = layers.Add(name=f"merge_{i}")([y, layers.Conv2D(width, 1, use_bias=False, name=f"lat_{i}")(taps[i])])
+        y = layers.BatchNormalization(name=f"bn_{i}")(y)
+        y = layers.ReLU(name=f"relu_{i}")(y)
+        y = layers.SeparableConv2D(width, 3, padding="same", use_bias=False, name=f"smooth_{i}")(y)
+        y = layers.BatchNormalization(name=f"bn_smooth_{i}")(y)
+        y = layers.ReLU(name=f"relu_smooth_{i}")(y)
+    prior = -np.log((1 - 0.01) / 0.01)  # start every heatmap near 0.01 (focal-loss init)
+    heat = layers.Conv2D(num_classes, 1, bias_initializer=keras.initializers.Constant(prior), name="heatmap")(
+        layers.Conv2D(width, 3, padding="same", activation="relu", name="heat_conv")(y))
+    box = layers.Conv2D(4, 1, name="box")(layers.Conv2D(width, 3, padding="same", activation="relu", name="box_conv")(y))
+    outputs = layers.Concatenate(name="heads")([heat, box])
+    return keras.Model(inputs, outputs, name="facedet")
+
+
+def encode(boxes: np.ndarray, labels: np.ndarray, shape: tuple[int, int], num_classes: int) -> np.ndarray:
+    """Training target (H/4, W/4, classes + 5): Gaussian class heatmaps (sigma from box
+    size), then log w, log h, offset x, y and a 0/1 mask at each face centre."""
+    out_h, out_w = shape[0] // STRIDE, shape[1] // STRIDE
+    target = np.zeros((out_h, out_w, num_classes + 5), np.float32)
+    ys, xs = np.mgrid[0:out_h, 0:out_w].astype(np.float32)
+    for (x, y, w, h), c in zip(boxes, labels):
+        cx, cy = (x + w / 2) / STRIDE, (y + h / 2) / STRIDE
+        ix, iy = int(cx), int(cy)
+        if not (0 <= ix < out_w and 0 <= iy < out_h) or w < 2 or h < 2:
+            continue
+        sx, sy = max(0.54 * w / STRIDE / 6, 0.35), max(0.54 * h / STRIDE / 6, 0.35)
+        x0, x1 = max(0, int(ix - 3 * sx) - 1), min(out_w, int(ix + 3 * sx) + 2)
+        y0, y1 = max(0, int(iy - 3 * sy) - 1), min(out_h, int(iy + 3 * sy) + 2)
+        g = np.exp(-((xs[y0:y1, x0:x1] - ix) ** 2 / (2 * sx * sx) + (ys[y0:y1, x0:x1] - iy) ** 2 / (2 * sy * sy)))
+        np.maximum(target[y0:y1, x0:x1, c], g, out=target[y0:y1, x0:x1, c])
+        target[iy, ix, c] = 1.0
+        target[iy, ix, num_classes:] = (np.log(w / STRIDE), np.log(h / STRIDE), cx - ix, cy - iy, 1.0)
+    return target
+
+
+def loss_fn(num_classes: int, size_weight: float = 1.0):
+    """Penalty-reduced focal loss on the heatmaps + L1 on size and offset at centres,
+    each normalised by the number of faces in the batch."""
+    import tensorflow as tf
+
+    def loss(y_true, y_pred):
+        heat_true, heat_logit = y_true[..., :num_classes], y_pred[..., :num_classes]
+        heat = tf.clip_by_value(tf.sigmoid(heat_logit), 1e-4, 1 - 1e-4)
+        pos = tf.cast(tf.equal(heat_true, 1.0), tf.float32)
+        pos_loss = -tf.math.log(heat) * (1 - heat) ** 2 * pos
+        neg_loss = -tf.math.log(1 - heat) * heat ** 2 * (1 - heat_true) ** 4 * (1 - pos)
+        mask = y_true[..., -1:]
+        n = tf.maximum(tf.reduce_sum(mask), 1.0)
+        focal = (tf.reduce_sum(pos_loss) + tf.reduce_sum(neg_loss)) / n
+        reg = tf.abs(y_true[..., num_classes:num_classes + 4] - y_pred[..., num_classes:]) * mask
+        size = tf.reduce_sum(reg[..., :2]) / n
+        offset = tf.reduce_sum(reg[..., 2:]) / n
+        return focal + size_weight * size + offset
+
+    return loss
+
+
+def decode(output: np.ndarray, scale: float, num_classes: int, top_k: int = 100, min_score: float = 0.05,
+           image_shape: tuple[int, int] | None = None) -> list[Detection]:
+    """Peaks of one output map (H/4, W/4, classes + 4) -> detections in original pixels
+    (``scale``: network input pixels per original pixel). Class-agnostic: one detection per
+    location, from the 3x3 local maxima of the face map (max over classes)."""
+    heat = 1.0 / (1.0 + np.exp(-output[..., :num_classes]))
+    face = heat.max(-1)
+    peaks = face == cv2.dilate(face, np.ones((3, 3), np.uint8))
+    ys, xs = np.nonzero(peaks & (face >= min_score))
+    order = np.argsort(-face[ys, xs])[:top_k]
+    found = []
+    for iy, ix in zip(ys[order], xs[order]):
+        lw, lh, ox, oy = output[iy, ix, num_classes:]
+        w, h = np.exp(np.clip([lw, lh], -3, 6)) * STRIDE / scale
+        cx, cy = (ix + ox) * STRIDE / scale, (iy + oy) * STRIDE / scale
+        x0, y0 = cx - w / 2, cy - h / 2
+        if image_shape is not None:
+            x1, y1 = min(image_shape[1], x0 + w), min(image_shape[0], y0 + h)
+            x0, y0 = max(0.0, x0), max(0.0, y0)
+            w, h = x1 - x0, y1 - y0
+        if w < 1 or h < 1:
+            continue
+        p = heat[iy, ix]
+        found.append(Detection(box=(int(round(x0)), int(round(y0)), int(round(w)), int(round(h))),
+                               score=float(1.0 - np.prod(1.0 - p)), probs=tuple(float(v) for v in p / p.sum())))
+    return found
+
+
+def letterbox(rgb: np.ndarray, long_side: int, multiple: int = 32) -> tuple[np.ndarray, float]:
+    """Resize so the long side is ``long_side``; pad right/bottom to a multiple of 32."""
+    h, w = rgb.shape[:2]
+    scale = long_side / max(h, w)
+    nw, nh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+    resized = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    ph, pw = -nh % multiple, -nw % multiple
+    if ph or pw:
+        resized = cv2.copyMakeBorder(resized, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=(114, 114, 114))
+    return resized, scale
+
+
+def repeat_factors(labels: Sequence[np.ndarray], num_classes: int, threshold: float = 0.3) -> np.ndarray:
+    """Per scene, max over its classes of max(1, sqrt(threshold / fraction of scenes with
+    that class)) (Gupta et al., LVIS, 2019): scenes with a rare class are drawn more often."""
+    present = np.array([[c in set(lab.tolist()) for c in range(num_classes)] for lab in labels], bool).reshape(-1, num_classes)
+    fraction = np.maximum(present.mean(0), 1e-9)
+    per_class = np.maximum(1.0, np.sqrt(threshold / fraction))
+    return np.array([per_class[row].max() if row.any() else 1.0 for row in present])
+
+
+def training_samples(items: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], crop: int, long_side: int,
+                     num_classes: int, seed: int, scale_range: tuple[float, float] = (0.6, 1.4)
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless augmented (image, target) pairs: random scale around ``long_side``, random
+    ``crop`` x ``crop`` window, horizontal flip, brightness/contrast jitter. Scenes are
+    drawn with their repeat factor (:func:`repeat_factors`), so rare classes come up more."""
+    rng = np.random.default_rng(seed)
+    weights = repeat_factors([labels for _, _, labels in items], num_classes)
+    weights = weights / weights.sum()
+    while True:
+        for i in rng.choice(len(items), size=len(items), p=weights):
+            rgb, boxes, labels = items[i]
+            h, w = rgb.shape[:2]
+            s = long_side / max(h, w) * rng.uniform(*scale_range)
+            img = cv2.resize(rgb, (max(1, int(w * s)), max(1, int(h * s))), interpolation=cv2.INTER_LINEAR)
+            b = boxes.astype(np.float32) * s
+            ih, iw = img.shape[:2]
+            canvas = np.full((crop, crop, 3), 114, np.uint8)
+            ox = int(rng.integers(min(0, iw - crop), max(0, iw - crop) + 1))
+            oy = int(rng.integers(min(0, ih - crop), max(0, ih - crop) + 1))
+            sx0, sy0 = max(0, ox), max(0, oy)
+            sx1, sy1 = min(iw, ox + crop), min(ih, oy + crop)
+            canvas[sy0 - oy:sy1 - oy, sx0 - ox:sx1 - ox] = img[sy0:sy1, sx0:sx1]
+            b[:, 0] -= ox
+            b[:, 1] -= oy
+            # Keep faces whose centre is inside the crop; clip their boxes to it.
+            cx, cy = b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2
+            keep = (cx >= 0) & (cx < crop) & (cy >= 0) & (cy < crop)
+            b, lab = b[keep], labels[keep]
+            if rng.random() < 0.5:
+                canvas = canvas[:, ::-1]
+                b[:, 0] = crop - b[:, 0] - b[:, 2]
+            x0, y0 = np.clip(b[:, 0], 0, crop), np.clip(b[:, 1], 0, crop)
+            x1, y1 = np.clip(b[:, 0] + b[:, 2], 0, crop), np.clip(b[:, 1] + b[:, 3], 0, crop)
+            b = np.stack([x0, y0, x1 - x0, y1 - y0], 1) if len(b) else b
+            alpha, beta = rng.uniform(0.75, 1.25), rng.uniform(-25, 25)
+            canvas = np.clip(canvas.astype(np.float32) * alpha + beta, 0, 255)
+            yield canvas, encode(b, lab, (crop, crop), num_classes)
+
+
+def merge_flipped(output: np.ndarray, mirrored: np.ndarray, num_classes: int) -> np.ndarray:
+    """Average the class heatmaps (as probabilities) and box sizes of a letterboxed frame
+    and of its mirror image (output mirrored back: the width is a multiple of the stride,
+    so cells line up); offsets stay the frame's own."""
+    back = mirrored[:, ::-1]
+    merged = output.copy()
+    prob = (1 / (1 + np.exp(-output[..., :num_classes])) + 1 / (1 + np.exp(-back[..., :num_classes]))) / 2
+    prob = np.clip(prob, 1e-6, 1 - 1e-6)
+    merged[..., :num_classes] = np.log(prob / (1 - prob))
+    merged[..., num_classes:num_classes + 2] = (output[..., num_classes:num_classes + 2] + back[..., num_classes:num_classes + 2]) / 2
+    return merged
+
+
+class TrainedFaceDetector:
+    """The trained detector at run time: ``detect(rgb) -> [Face]`` like
+    :class:`maskflow.faces.FaceDetector`, each face with its class probabilities."""
+
+    def __init__(self, model, classes: Sequence[str], long_side: int = 512, min_score: float = 0.05, flip: bool = False) -> None:
+        import tensorflow as tf
+
+        if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+            model = keras.models.load_model(model, compile=False)
+        self.model = model
+        self.classes = list(classes)
+        self.long_side = int(long_side)
+        self.min_score = float(min_score)
+        self.flip = bool(flip)  # also run the mirrored frame and average the maps (2x cost)
+        self._call = tf.function(lambda x: model(x, training=False),
+                                 input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+
+    def detect(self, rgb: np.ndarray) -> list:
+        from maskflow.faces import Face
+
+        h, w = rgb.shape[:2]
+        if min(h, w) < 2:
+            return []
+        image, scale = letterbox(rgb, self.long_side)
+        if self.flip:
+            both = self._call(np.stack([image, image[:, ::-1]]).astype(np.float32)).numpy()
+            output = merge_flipped(both[0], both[1], len(self.classes))
+        else:
+            output = self._call(image[None].astype(np.float32))[0].numpy()
+        return [Face(box=d.box, score=d.score, probs=d.probs)
+                for d in decode(output, scale, len(self.classes), min_score=self.min_score, image_shape=(h, w))]
+
+
+# ---- stage ``facedet``: train the detector on a VOC scene set's train split ------------
+
+VERSION = 2  # bumped when training or targets change, so cached detectors are rebuilt
+
+
+def run(cfg, ctx):
+    """Train (or load from the cache) the detector ``detect.backend=facedet`` uses."""
+    import logging
+
+    import mlflow
+    from omegaconf import OmegaConf
+
+    from maskflow import prepare
+    from maskflow.cache import atomic_write_json, digest, read_json
+    from maskflow.config import CONF_DIR
+    from maskflow.contracts import TrainedDetector
+
+    log = logging.getLogger(__name__)
+    if str(cfg.detect.get("backend", "mtcnn")) != "facedet":
+        log.info("facedet: detect.backend=%s, nothing to train", cfg.detect.get("backend", "mtcnn"))
+        return TrainedDetector(model_path=None, classes=(), long_side=0)
+    fd = cfg.facedet
+    data_cfg, prepared = prepare.prepared_for(cfg, ctx, str(fd.data), f"facedet_{str(fd.data).replace('-', '_')}")
+    model_cfg = OmegaConf.load(CONF_DIR / "model" / f"{fd.backbone}.yaml")
+    weights = backbones.resolve_weights(model_cfg, list(cfg.paths.weights_dirs))
+    settings = OmegaConf.to_container(fd, resolve=True)
+    key = digest({"facedet": settings, "data": prepared.digest, "model": OmegaConf.to_container(model_cfg, resolve=True),
+                  "weights": weights.sha256, "seed": int(cfg.seed), "version": VERSION})
+    work = ctx.cache_dir / "facedet" / f"{fd.backbone}-{key}"
+    model_path, summary_path = work / "facedet.keras", work / "summary.json"
+    classes = tuple(prepared.classes)
+    if model_path.exists() and summary_path.exists():
+        log.info("facedet: cached detector %s", model_path)
+        summary = read_json(summary_path)
+    else:
+        summary = _train(cfg, data_cfg, prepared, model_cfg, weights, classes, work, model_path)
+        atomic_write_json(summary_path, summary)
+    # Scored with the current conf/detect (cheap, so not cached with the weights).
+    summary = {**summary, **_validate(cfg, model_path, classes, _scene_items(data_cfg, prepared, "val"))}
+    metrics = {f"facedet_{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+    if mlflow.active_run() is not None:
+        mlflow.log_params({f"facedet.{k}": v for k, v in settings.items()})
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifact(str(summary_path), "facedet")
+    return TrainedDetector(model_path=model_path, classes=classes, long_side=int(fd.long_side), metrics=metrics)
+
+
+def _scene_items(data_cfg, prepared, split: str) -> list:
+    from pathlib import Path
+
+    from maskflow.evaluate_scenes import voc_items
+    from maskflow.prepare import read_manifest
+
+    names = {Path(r["path"]).name for r in read_manifest(prepared.manifest, split)}
+    return voc_items(Path(str(data_cfg.root)), names)
+
+
+def _load(items, classes: Sequence[str]) -> tuple[list, int]:
+    """(rgb, boxes, labels) per scene; undecodable images are skipped and counted."""
+    from maskflow.imageio import DecodeError, read_image
+
+    index = {c: i for i, c in enumerate(classes)}
+    loaded, skipped = [], 0
+    for path, truths in items:
+        try:
+            rgb = read_image(path).rgb
+        except DecodeError:
+            skipped += 1
+            continue
+        known = [(index[label], box) for label, box in truths if label in index]
+        boxes = np.array([b for _, b in known], np.float32).reshape(-1, 4)
+        loaded.append((rgb, boxes, np.array([c for c, _ in known], np.int64)))
+    return loaded, skipped
+
+
+def _train(cfg, data_cfg, prepared, model_cfg, weights, classes, work, model_path) -> dict:
+    import logging
+    import time
+
+    import tensorflow as tf
+
+
+    log = logging.getLogger(__name__)
+    fd = cfg.facedet
+    keras.utils.set_random_seed(int(cfg.seed))
+    train_items, skipped = _load(_scene_items(data_cfg, prepared, "train"), classes)
+    crop, n = int(fd.crop), len(classes)
+    steps = int(fd.get("steps_per_epoch") or max(1, len(train_items) // int(fd.batch_size)))
+    epochs = int(fd.epochs)
+    log.info("facedet: %d train scenes (%d unreadable), %d epochs x %d steps", len(train_items), skipped, epochs, steps)
+    samples = lambda: training_samples(train_items, crop, int(fd.long_side), n, int(cfg.seed), tuple(fd.scale_range))  # noqa: E731
+    ds = tf.data.Dataset.from_generator(samples, output_signature=(
+        tf.TensorSpec((crop, crop, 3), tf.float32), tf.TensorSpec((crop // STRIDE, crop // STRIDE, n + 5), tf.float32)))
+    ds = ds.batch(int(fd.batch_size)).prefetch(2)
+    kwargs = dict(model_cfg.get("kwargs") or {})
+    backbone = backbones.constructor(model_cfg)(include_top=False, weights=weights.argument, input_shape=(None, None, 3), **kwargs)
+    model = build_model(n, backbone, FEATURES[str(model_cfg.constructor)], int(fd.width))
+    lr = float(fd.learning_rate)
+    schedule = keras.optimizers.schedules.CosineDecay(lr * 0.1, epochs * steps, warmup_target=lr, warmup_steps=steps)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss_fn(n))
+    started = time.perf_counter()
+    fitted = model.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=2,
+                       callbacks=[keras.callbacks.BackupAndRestore(str(work / "backup"), delete_checkpoint=True)])
+    train_time = time.perf_counter() - started
+    work.mkdir(parents=True, exist_ok=True)
+    tmp = work / "facedet.tmp.keras"
+    model.save(tmp)
+    tmp.replace(model_path)
+    log.info("facedet: trained in %.0f s", train_time)
+    return {"train_time_s": round(train_time, 1), "final_loss": float(fitted.history["loss"][-1]), "epochs": epochs,
+            "train_scenes": len(train_items), "train_scenes_unreadable": skipped, "params": int(model.count_params())}
+
+
+def _validate(cfg, model_path, classes: Sequence[str], items) -> dict:
+    """The detector alone (its own labels, conf/detect's settings) on the val scenes."""
+    import logging
+
+    from maskflow.evaluate_scenes import score_scenes
+
+    detect = cfg.detect
+    detector = TrainedFaceDetector(model_path, classes, int(detect.long_side), min_score=float(detect.min_confidence),
+                                   flip=bool(detect.get("flip", False)))
+    results = []
+    for rgb, boxes, labels in _load(items, classes)[0]:
+        preds = [{"box": list(f.box), "label": classes[int(np.argmax(f.probs))], "score": max(f.probs), "detector_score": f.score}
+                 for f in detector.detect(rgb)]
+        results.append((preds, [(classes[c], tuple(b)) for c, b in zip(labels, boxes)]))
+    val = score_scenes(results, classes)["metrics"]
+    logging.getLogger(__name__).info("facedet: val scenes_map50 %.4f, recall %.4f, precision %.4f (%d scenes)",
+                                     val["scenes_map50"], val["scenes_det_recall"], val["scenes_det_precision"], len(results))
+    return {"val_map50": val["scenes_map50"], "val_det_recall": val["scenes_det_recall"],
+            "val_det_precision": val["scenes_det_precision"], "val_cls_accuracy": val["scenes_cls_accuracy"]}
