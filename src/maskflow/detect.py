@@ -165,8 +165,9 @@ class Detector:
 
     ``backend="facedet"``: the trained detector (``classifier.face_model``) finds faces and,
     with ``labels="detector"``, labels them too (no crops, one network pass per frame);
-    ``labels="classifier"`` classifies its crops instead. ``backend="mtcnn"``: MTCNN finds
-    faces and the classifier labels the crops."""
+    ``labels="classifier"`` classifies its crops instead; ``labels="fuse"`` averages the two
+    class distributions (a class one model lacks has probability 0 there).
+    ``backend="mtcnn"``: MTCNN finds faces and the classifier labels the crops."""
 
     def __init__(self, classifier: Classifier, faces_only: bool = False, max_side: int = 640, min_face: float = 12,
                  min_confidence: float = 0.8, margin: float = 0.2, detect_every: int = 1,
@@ -201,7 +202,11 @@ class Detector:
     @property
     def classes(self) -> list[str]:
         """The labels this detector can output."""
-        return self.classifier.face_classes if self.labels == "detector" else self.classifier.classes
+        if self.labels == "detector":
+            return self.classifier.face_classes
+        if self.labels == "fuse":
+            return self.classifier.face_classes + [c for c in self.classifier.classes if c not in self.classifier.face_classes]
+        return self.classifier.classes
 
     def __call__(self, frame: Frame) -> list[dict]:
         """Face records of one frame; on video between detections, the last frame's."""
@@ -239,14 +244,26 @@ class Detector:
         else:
             crops = [crop_face(frame.rgb, f.box, self.margin, size) for f in faces]
         probs = self.classifier(crops)  # every face of the frame in one batch
+        classes = self.classifier.classes
+        if self.labels == "fuse":
+            classes = self.classes
+            probs = np.array([_fuse(f.probs, self.classifier.face_classes, p, self.classifier.classes, classes)
+                              for f, p in zip(faces, probs)]).reshape(len(faces), len(classes))
         out = []
         for face, p in zip(faces, probs):
             k = int(np.argmax(p))
             box = face.box if self.faces_only else calibrate_box(face.box, self.box_calibration, w, h)
-            out.append({"box": [int(v) for v in box], "label": self.classifier.classes[k], "score": round(float(p[k]), 6),
+            out.append({"box": [int(v) for v in box], "label": classes[k], "score": round(float(p[k]), 6),
                         "detector_score": round(float(face.score), 6)})
         self._last_labels = out
         return out
+
+
+def _fuse(p_det: Sequence[float], det_classes: Sequence[str], p_cls: Sequence[float], cls_classes: Sequence[str],
+          classes: Sequence[str]) -> np.ndarray:
+    """The mean of two class distributions over ``classes`` (absent classes count as 0)."""
+    a, b = dict(zip(det_classes, p_det)), dict(zip(cls_classes, p_cls))
+    return np.array([(a.get(c, 0.0) + b.get(c, 0.0)) / 2 for c in classes], np.float32)
 
 
 def pipelined(detector: Detector, frames: Iterator[Frame]) -> Iterator[tuple[Frame, list[dict]]]:
@@ -357,8 +374,8 @@ def add_detector_args(parser: argparse.ArgumentParser) -> None:
     """Detector options; unset ones come from the model's stored settings (conf/detect)."""
     parser.add_argument("--backend", choices=("facedet", "mtcnn"), default=None,
                         help="face detector: facedet (trained, registered with the model) | mtcnn")
-    parser.add_argument("--labels", choices=("detector", "classifier"), default=None,
-                        help="facedet: label faces by the detector's class maps, or crop and classify")
+    parser.add_argument("--labels", choices=("detector", "classifier", "fuse"), default=None,
+                        help="facedet: label faces by the detector's class maps, the crop classifier, or the mean of both")
     parser.add_argument("--long-side", type=int, default=None, help="facedet: frames are resized to this long side")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                         help="facedet: also run the mirrored frame and average (more accurate, 2x the cost)")

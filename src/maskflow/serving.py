@@ -93,7 +93,11 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
         self.max_bytes: int = int(meta.get("max_image_bytes", MAX_IMAGE_BYTES))
         self.model = keras.models.load_model(context.artifacts["keras_model"], compile=False)
         face_path = context.artifacts.get("face_detector")
-        self.face_model = keras.models.load_model(face_path, compile=False) if face_path else None
+        self.face_model = None
+        if face_path:
+            from maskflow import facedet  # noqa: F401 - registers the detector's layers
+
+            self.face_model = keras.models.load_model(face_path, compile=False)
         self.face_classes: list[str] = list(meta.get("face_classes") or [])
         self._detectors: dict[bool, Any] = {}
 

@@ -1,0 +1,63 @@
+"""How the facedet settings in conf/detect/facedet.yaml were chosen (detect=facedet).
+
+    python benchmarks/facedet_settings.py [--model models:/maskflow@champion] [--split val]
+
+The registered model's trained detector alone (its own labels) on mask-scenes-853's
+``--split`` (val by default: choose settings there, then report test once), split as the
+pipeline splits it, over a grid of input size (``long_side``), kept face score
+(``min_confidence``), mirrored-frame averaging (``flip``) and label source (``labels``:
+the detector's class maps, the crop classifier, or the mean of both). Prints detection
+recall/precision, accuracy over matched faces, per-class AP, scenes_map50 over the three
+scene classes, the same mean over with/without mask only, and ms per scene.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="models:/maskflow@champion")
+    parser.add_argument("--split", default="val", choices=("val", "test", "train"))
+    args = parser.parse_args()
+
+    from detect_speed import held_out_items
+
+    from maskflow.detect import Classifier, Detector, detector_kwargs
+    from maskflow.evaluate_scenes import run_scenes
+
+    classifier = Classifier.from_uri(args.model)
+    if classifier.face_model is None:
+        raise SystemExit(f"{args.model} carries no trained face detector (registered with detect=mtcnn)")
+    items = held_out_items(args.split)
+    stored = detector_kwargs({**classifier.settings, "backend": "facedet", "labels": "detector"})
+    print(f"model {args.model}; {len(items)} {args.split} scenes; stored: long_side {stored['long_side']}, "
+          f"min_confidence {stored['min_confidence']}, flip {stored['flip']}\n")
+    grid = [(512, 0.05, False, "detector"), (512, 0.1, False, "detector"), (512, 0.2, False, "detector"),
+            (512, 0.3, False, "detector"), (512, 0.1, False, "classifier"), (512, 0.1, False, "fuse"),
+            (512, 0.1, True, "detector"), (640, 0.1, False, "detector"), (416, 0.1, False, "detector"),
+            (384, 0.1, False, "detector"), (320, 0.1, False, "detector")]
+    print("| long_side | min_confidence | flip | labels | recall | precision | accuracy (matched) | AP incorrect | AP with | AP without "
+          "| scenes_map50 | mean AP with/without | ms/scene |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for side, conf, flip, labels in grid:
+        detector = Detector(classifier, **{**stored, "long_side": side, "min_confidence": conf, "flip": flip, "labels": labels})
+        started = time.perf_counter()
+        m = run_scenes(detector, items)["metrics"]
+        ms = (time.perf_counter() - started) / len(items) * 1000
+        ap = [m.get(f"scenes_ap50_{c}", float("nan")) for c in ("mask_weared_incorrect", "with_mask", "without_mask")]
+        print(f"| {side} | {conf} | {'yes' if flip else 'no'} | {labels} | {m['scenes_det_recall']:.3f} | {m['scenes_det_precision']:.3f} | "
+              f"{m['scenes_cls_accuracy']:.3f} | {ap[0]:.3f} | {ap[1]:.3f} | {ap[2]:.3f} | {m['scenes_map50']:.3f} | "
+              f"{(ap[1] + ap[2]) / 2:.3f} | {ms:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
