@@ -108,6 +108,18 @@ def test_small_real_model_learns_and_runs_inside_the_detector():
     relabelled = by_crop(Frame("scene.png", 0, items[0][0], False))
     assert [r["box"] for r in relabelled] == [r["box"] for r in records]
     assert all(r["label"] in ("a", "b") for r in relabelled)
+    # labels="fuse": the mean of both distributions, over the union of their classes.
+    fused = Detector(classifier, backend="facedet", long_side=128, labels="fuse", min_confidence=0.0)
+    assert fused.classes == ["red", "grey", "a", "b"]
+    assert [r["box"] for r in fused(Frame("scene.png", 0, items[0][0], False))] == [r["box"] for r in records]
+
+
+def test_fused_probabilities_average_over_the_union_of_classes():
+    from maskflow.detect import _fuse
+
+    p = _fuse([0.2, 0.8], ["mask_weared_incorrect", "with_mask"], [0.4, 0.6], ["with_mask", "without_mask"],
+              ["mask_weared_incorrect", "with_mask", "without_mask"])
+    assert np.allclose(p, [0.1, 0.6, 0.3]) and np.isclose(p.sum(), 1.0)
 
 
 def test_facedet_backend_without_a_trained_detector_says_so():
@@ -126,3 +138,18 @@ def test_merging_a_mirrored_output_lines_up_cells():
     merged = facedet.merge_flipped(output, mirrored, 2)
     (face,) = facedet.decode(merged, 1.0, 2, min_score=0.5)
     assert np.allclose(face.box, (9, 20, 24, 24), atol=1.0) and face.score > 0.9
+
+
+def test_close_ups_are_mixed_in_at_small_and_large_face_sizes():
+    rng = np.random.default_rng(1)
+    scene = [(np.full((100, 100, 3), 50, np.uint8), np.array([[10, 10, 8, 8]], np.float32), np.array([0]))]
+    closeup = [(rng.integers(0, 255, (400, 300, 3), dtype=np.uint8), np.array([[50, 60, 200, 260]], np.float32), np.array([1]))]
+    samples = facedet.training_samples(scene, crop=128, long_side=128, num_classes=2, seed=0, extra=closeup, extra_fraction=1.0,
+                                       extra_face_px=(12.0, 100.0))
+    sizes = []
+    for _ in range(20):
+        _, target = next(samples)
+        centres = target[..., -1] > 0
+        assert np.all(target[..., 1][centres] == 1.0)  # every face is the close-up's (class 1)
+        sizes += list(np.exp(target[..., 3][centres]) * facedet.STRIDE)  # box height in px
+    assert sizes and min(sizes) < 40 and max(sizes) > 60

@@ -170,43 +170,58 @@ def repeat_factors(labels: Sequence[np.ndarray], num_classes: int, threshold: fl
 
 
 def training_samples(items: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], crop: int, long_side: int,
-                     num_classes: int, seed: int, scale_range: tuple[float, float] = (0.6, 1.4)
-                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                     num_classes: int, seed: int, scale_range: tuple[float, float] = (0.6, 1.4),
+                     extra: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] = (), extra_fraction: float = 0.0,
+                     extra_face_px: tuple[float, float] = (12.0, 300.0)) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless augmented (image, target) pairs: random scale around ``long_side``, random
     ``crop`` x ``crop`` window, horizontal flip, brightness/contrast jitter. Scenes are
-    drawn with their repeat factor (:func:`repeat_factors`), so rare classes come up more."""
+    drawn with their repeat factor (:func:`repeat_factors`), so rare classes come up more.
+    With ``extra`` (close-up photos with one labelled face), a share ``extra_fraction`` of
+    the samples is one of those, rescaled so its face is ``extra_face_px`` (log-uniform)."""
     rng = np.random.default_rng(seed)
     weights = repeat_factors([labels for _, _, labels in items], num_classes)
     weights = weights / weights.sum()
     while True:
         for i in rng.choice(len(items), size=len(items), p=weights):
-            rgb, boxes, labels = items[i]
-            h, w = rgb.shape[:2]
-            s = long_side / max(h, w) * rng.uniform(*scale_range)
-            img = cv2.resize(rgb, (max(1, int(w * s)), max(1, int(h * s))), interpolation=cv2.INTER_LINEAR)
-            b = boxes.astype(np.float32) * s
-            ih, iw = img.shape[:2]
-            canvas = np.full((crop, crop, 3), 114, np.uint8)
-            ox = int(rng.integers(min(0, iw - crop), max(0, iw - crop) + 1))
-            oy = int(rng.integers(min(0, ih - crop), max(0, ih - crop) + 1))
-            sx0, sy0 = max(0, ox), max(0, oy)
-            sx1, sy1 = min(iw, ox + crop), min(ih, oy + crop)
-            canvas[sy0 - oy:sy1 - oy, sx0 - ox:sx1 - ox] = img[sy0:sy1, sx0:sx1]
-            b[:, 0] -= ox
-            b[:, 1] -= oy
-            # Keep faces whose centre is inside the crop; clip their boxes to it.
-            cx, cy = b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2
-            keep = (cx >= 0) & (cx < crop) & (cy >= 0) & (cy < crop)
-            b, lab = b[keep], labels[keep]
-            if rng.random() < 0.5:
-                canvas = canvas[:, ::-1]
-                b[:, 0] = crop - b[:, 0] - b[:, 2]
-            x0, y0 = np.clip(b[:, 0], 0, crop), np.clip(b[:, 1], 0, crop)
-            x1, y1 = np.clip(b[:, 0] + b[:, 2], 0, crop), np.clip(b[:, 1] + b[:, 3], 0, crop)
-            b = np.stack([x0, y0, x1 - x0, y1 - y0], 1) if len(b) else b
-            alpha, beta = rng.uniform(0.75, 1.25), rng.uniform(-25, 25)
-            canvas = np.clip(canvas.astype(np.float32) * alpha + beta, 0, 255)
-            yield canvas, encode(b, lab, (crop, crop), num_classes)
+            if extra and rng.random() < extra_fraction:
+                rgb, boxes, labels = extra[int(rng.integers(len(extra)))]
+                face = float(max(boxes[0, 2], boxes[0, 3], 1.0))
+                s = float(np.exp(rng.uniform(*np.log(extra_face_px)))) / face
+            else:
+                rgb, boxes, labels = items[i]
+                s = long_side / max(rgb.shape[:2]) * rng.uniform(*scale_range)
+            yield _augment(rgb, boxes, labels, s, crop, num_classes, rng)
+
+
+def _augment(rgb: np.ndarray, boxes: np.ndarray, labels: np.ndarray, s: float, crop: int, num_classes: int,
+             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Rescale by ``s``, cut a random ``crop`` window (grey where it leaves the image),
+    mirror half the time, jitter brightness/contrast; the target of what is left."""
+    h, w = rgb.shape[:2]
+    img = cv2.resize(rgb, (max(1, int(w * s)), max(1, int(h * s))), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    b = boxes.astype(np.float32) * s
+    ih, iw = img.shape[:2]
+    canvas = np.full((crop, crop, 3), 114, np.uint8)
+    ox = int(rng.integers(min(0, iw - crop), max(0, iw - crop) + 1))
+    oy = int(rng.integers(min(0, ih - crop), max(0, ih - crop) + 1))
+    sx0, sy0 = max(0, ox), max(0, oy)
+    sx1, sy1 = min(iw, ox + crop), min(ih, oy + crop)
+    canvas[sy0 - oy:sy1 - oy, sx0 - ox:sx1 - ox] = img[sy0:sy1, sx0:sx1]
+    b[:, 0] -= ox
+    b[:, 1] -= oy
+    # Keep faces whose centre is inside the crop; clip their boxes to it.
+    cx, cy = b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2
+    keep = (cx >= 0) & (cx < crop) & (cy >= 0) & (cy < crop)
+    b, lab = b[keep], labels[keep]
+    if rng.random() < 0.5:
+        canvas = canvas[:, ::-1]
+        b[:, 0] = crop - b[:, 0] - b[:, 2]
+    x0, y0 = np.clip(b[:, 0], 0, crop), np.clip(b[:, 1], 0, crop)
+    x1, y1 = np.clip(b[:, 0] + b[:, 2], 0, crop), np.clip(b[:, 1] + b[:, 3], 0, crop)
+    b = np.stack([x0, y0, x1 - x0, y1 - y0], 1) if len(b) else b
+    alpha, beta = rng.uniform(0.75, 1.25), rng.uniform(-25, 25)
+    canvas = np.clip(canvas.astype(np.float32) * alpha + beta, 0, 255)
+    return canvas, encode(b, lab, (crop, crop), num_classes)
 
 
 def merge_flipped(output: np.ndarray, mirrored: np.ndarray, num_classes: int) -> np.ndarray:
@@ -281,8 +296,14 @@ def run(cfg, ctx):
     model_cfg = OmegaConf.load(CONF_DIR / "model" / f"{fd.backbone}.yaml")
     weights = backbones.resolve_weights(model_cfg, list(cfg.paths.weights_dirs))
     settings = OmegaConf.to_container(fd, resolve=True)
-    key = digest({"facedet": settings, "data": prepared.digest, "model": OmegaConf.to_container(model_cfg, resolve=True),
-                  "weights": weights.sha256, "seed": int(cfg.seed), "version": VERSION})
+    extra = [prepare.prepared_for(cfg, ctx, str(name), f"facedet_{str(name).replace('-', '_')}") for name in fd.get("extra_data") or []]
+    inputs = {"facedet": {k: v for k, v in settings.items() if not k.startswith("extra_")}, "data": prepared.digest,
+              "model": OmegaConf.to_container(model_cfg, resolve=True), "weights": weights.sha256, "seed": int(cfg.seed),
+              "version": VERSION}
+    if extra:  # (scenes-only keys stay as they were before extra data existed)
+        inputs["extra"] = {"sets": [p.digest for _, p in extra], "fraction": settings.get("extra_fraction"),
+                           "box_calibration": OmegaConf.to_container(cfg.detect, resolve=True).get("box_calibration")}
+    key = digest(inputs)
     work = ctx.cache_dir / "facedet" / f"{fd.backbone}-{key}"
     model_path, summary_path = work / "facedet.keras", work / "summary.json"
     classes = tuple(prepared.classes)
@@ -290,7 +311,7 @@ def run(cfg, ctx):
         log.info("facedet: cached detector %s", model_path)
         summary = read_json(summary_path)
     else:
-        summary = _train(cfg, data_cfg, prepared, model_cfg, weights, classes, work, model_path)
+        summary = _train(cfg, data_cfg, prepared, model_cfg, weights, classes, work, model_path, extra)
         atomic_write_json(summary_path, summary)
     # Scored with the current conf/detect (cheap, so not cached with the weights).
     summary = {**summary, **_validate(cfg, model_path, classes, _scene_items(data_cfg, prepared, "val"))}
@@ -330,7 +351,36 @@ def _load(items, classes: Sequence[str]) -> tuple[list, int]:
     return loaded, skipped
 
 
-def _train(cfg, data_cfg, prepared, model_cfg, weights, classes, work, model_path) -> dict:
+def _closeups(extra, classes: Sequence[str], calibration: dict | None, max_side: int = 640) -> list:
+    """(rgb, [box], [label]) of the train-split photos of folder-labelled sets whose face
+    MTCNN found at prepare (the box moved to the scenes' annotation convention, as
+    ``detect.box_calibration`` does for MTCNN), downscaled to ``max_side`` to bound memory."""
+    from pathlib import Path
+
+    from maskflow.detect import calibrate_box
+    from maskflow.imageio import DecodeError, read_image
+    from maskflow.prepare import read_manifest
+
+    index = {c: i for i, c in enumerate(classes)}
+    out = []
+    for data_cfg, prepared in extra:
+        for r in read_manifest(prepared.manifest, "train"):
+            if r["face"] != "mtcnn" or r["label"] not in index or not r["box"]:
+                continue
+            try:
+                rgb = read_image(Path(str(data_cfg.root)) / r["path"]).rgb
+            except DecodeError:
+                continue
+            h, w = rgb.shape[:2]
+            box = calibrate_box([float(v) for v in r["box"].split()], calibration, w, h)
+            s = min(1.0, max_side / max(h, w))
+            if s < 1.0:
+                rgb = cv2.resize(rgb, (max(1, int(w * s)), max(1, int(h * s))), interpolation=cv2.INTER_AREA)
+            out.append((rgb, np.array([box], np.float32) * s, np.array([index[r["label"]]], np.int64)))
+    return out
+
+
+def _train(cfg, data_cfg, prepared, model_cfg, weights, classes, work, model_path, extra=()) -> dict:
     import logging
     import time
 
@@ -345,7 +395,12 @@ def _train(cfg, data_cfg, prepared, model_cfg, weights, classes, work, model_pat
     steps = int(fd.get("steps_per_epoch") or max(1, len(train_items) // int(fd.batch_size)))
     epochs = int(fd.epochs)
     log.info("facedet: %d train scenes (%d unreadable), %d epochs x %d steps", len(train_items), skipped, epochs, steps)
-    samples = lambda: training_samples(train_items, crop, int(fd.long_side), n, int(cfg.seed), tuple(fd.scale_range))  # noqa: E731
+    closeups = _closeups(extra, classes, cfg.detect.get("box_calibration")) if extra else []
+    if closeups:
+        log.info("facedet: + %d close-up photos with one labelled face, %.0f%% of the samples", len(closeups),
+                 100 * float(fd.extra_fraction))
+    samples = lambda: training_samples(train_items, crop, int(fd.long_side), n, int(cfg.seed), tuple(fd.scale_range),  # noqa: E731
+                                       closeups, float(fd.get("extra_fraction") or 0.0))
     ds = tf.data.Dataset.from_generator(samples, output_signature=(
         tf.TensorSpec((crop, crop, 3), tf.float32), tf.TensorSpec((crop // STRIDE, crop // STRIDE, n + 5), tf.float32)))
     ds = ds.batch(int(fd.batch_size)).prefetch(2)
@@ -365,6 +420,7 @@ def _train(cfg, data_cfg, prepared, model_cfg, weights, classes, work, model_pat
     tmp.replace(model_path)
     log.info("facedet: trained in %.0f s", train_time)
     return {"train_time_s": round(train_time, 1), "final_loss": float(fitted.history["loss"][-1]), "epochs": epochs,
+            "extra_closeups": len(closeups),
             "train_scenes": len(train_items), "train_scenes_unreadable": skipped, "params": int(model.count_params())}
 
 
