@@ -38,3 +38,17 @@ def test_pipelined_gives_the_sequential_records_in_order(tmp_path):
     assert by_frame[("video0", 1)] == by_frame[("video0", 0)] and by_frame[("video1", 3)] == by_frame[("video1", 2)]
     # A new source is always detected afresh.
     assert by_frame[("video1", 0)] != by_frame[("video0", 4)]
+
+
+def test_annotate_draws_only_faces_above_the_display_threshold():
+    import cv2
+
+    from maskflow.detect import annotate
+
+    rgb = np.full((60, 80, 3), 128, np.uint8)
+    low = {"box": [10, 10, 20, 20], "label": "with_mask", "score": 0.9, "detector_score": 0.1}
+    high = {**low, "box": [40, 20, 20, 20], "detector_score": 0.8}
+    plain = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    assert np.array_equal(annotate(rgb, [low], min_score=0.3), plain)
+    drawn = annotate(rgb, [low, high], min_score=0.3)
+    assert not np.array_equal(drawn[20:40, 40:60], plain[20:40, 40:60]) and np.array_equal(drawn[12:28, 12:28], plain[12:28, 12:28])

@@ -153,3 +153,14 @@ def test_close_ups_are_mixed_in_at_small_and_large_face_sizes():
         assert np.all(target[..., 1][centres] == 1.0)  # every face is the close-up's (class 1)
         sizes += list(np.exp(target[..., 3][centres]) * facedet.STRIDE)  # box height in px
     assert sizes and min(sizes) < 40 and max(sizes) > 60
+
+
+def test_box_nms_drops_a_second_class_peak_on_the_same_face():
+    a = facedet.encode(np.array([[20, 20, 40, 40]], np.float32), np.array([0]), (128, 128), 2)
+    b = facedet.encode(np.array([[28, 20, 40, 40]], np.float32), np.array([1]), (128, 128), 2)
+    heat = np.maximum(a[..., :2], 0.9 * b[..., :2])  # two peaks two cells apart, one per class
+    box = a[..., 2:6] + b[..., 2:6]
+    output = np.concatenate([_logit(heat), box], -1)
+    assert len(facedet.decode(output, 1.0, 2, min_score=0.5)) == 2
+    (kept,) = facedet.decode(output, 1.0, 2, min_score=0.5, nms_iou=0.5)
+    assert int(np.argmax(kept.probs)) == 0  # the higher peak stays

@@ -148,10 +148,14 @@ def _report(errors: list[str], source: str, reason: str) -> None:
     print(f"maskflow.detect: skipped {source}: {reason}", file=sys.stderr)
 
 
-def annotate(rgb: np.ndarray, faces: list[dict]) -> np.ndarray:
+def annotate(rgb: np.ndarray, faces: list[dict], min_score: float = 0.0) -> np.ndarray:
+    """Boxes coloured by class with label and score, for faces whose detector score is at
+    least ``min_score`` (the JSON lines keep every face, for ranking metrics)."""
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     thickness = max(1, round(max(rgb.shape[:2]) / 400))
     for face in faces:
+        if face["detector_score"] < min_score:
+            continue
         x, y, w, h = face["box"]
         colour = COLOURS.get(face["label"], (255, 255, 255))
         cv2.rectangle(bgr, (x, y), (x + w, y + h), colour, thickness)
@@ -172,7 +176,8 @@ class Detector:
     def __init__(self, classifier: Classifier, faces_only: bool = False, max_side: int = 640, min_face: float = 12,
                  min_confidence: float = 0.8, margin: float = 0.2, detect_every: int = 1,
                  thresholds: Sequence[float] = (0.6, 0.7, 0.8), box_calibration: dict | None = None,
-                 backend: str = "mtcnn", long_side: int = 512, labels: str = "classifier", flip: bool = False) -> None:
+                 backend: str = "mtcnn", long_side: int = 512, labels: str = "classifier", flip: bool = False,
+                 nms_iou: float | None = None) -> None:
         self.classifier = classifier
         self.faces_only = faces_only
         self.backend = backend
@@ -186,7 +191,7 @@ class Detector:
             from maskflow.facedet import TrainedFaceDetector
 
             self.detector = TrainedFaceDetector(classifier.face_model, classifier.face_classes, long_side,
-                                                min_score=min_confidence, flip=flip)
+                                                min_score=min_confidence, flip=flip, nms_iou=nms_iou)
         elif backend == "mtcnn":
             self.detector = FaceDetector(min_face_size=min_face, max_side=max_side, thresholds=thresholds)
         else:
@@ -295,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write annotated images / videos here")
     parser.add_argument("--show", action="store_true", help="show a live window (needs a display)")
     parser.add_argument("--detect-every", type=int, default=1, help="on video, run the detector every k-th frame")
+    parser.add_argument("--draw-confidence", type=float, default=0.3,
+                        help="--out/--show draw faces with at least this detector score (JSON lines keep all)")
     parser.add_argument("--no-pipeline", dest="pipeline", action="store_false",
                         help="detect and classify one frame after the other (default: overlapped on two threads)")
     add_detector_args(parser)
@@ -321,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             if jsonl:
                 jsonl.write(json.dumps({"source": frame.source, "frame": frame.index, "faces": faces}) + "\n")
             if args.out or show:
-                drawn = annotate(frame.rgb, faces)
+                drawn = annotate(frame.rgb, faces, args.draw_confidence)
                 if args.out:
                     _write(args.out, frame, drawn, writers)
                 if show:
@@ -367,7 +374,8 @@ def detector_kwargs(settings: dict) -> dict:
             "thresholds": tuple(float(t) for t in settings.get("thresholds") or (0.6, 0.7, 0.8)),
             "box_calibration": dict(settings["box_calibration"]) if settings.get("box_calibration") else None,
             "backend": str(settings.get("backend") or "mtcnn"), "long_side": int(settings.get("long_side") or 512),
-            "labels": str(settings.get("labels") or "classifier"), "flip": bool(settings.get("flip", False))}
+            "labels": str(settings.get("labels") or "classifier"), "flip": bool(settings.get("flip", False)),
+            "nms_iou": None if settings.get("nms_iou") is None else float(settings["nms_iou"])}
 
 
 def add_detector_args(parser: argparse.ArgumentParser) -> None:

@@ -121,10 +121,12 @@ def loss_fn(num_classes: int, size_weight: float = 1.0):
 
 
 def decode(output: np.ndarray, scale: float, num_classes: int, top_k: int = 100, min_score: float = 0.05,
-           image_shape: tuple[int, int] | None = None) -> list[Detection]:
+           image_shape: tuple[int, int] | None = None, nms_iou: float | None = None) -> list[Detection]:
     """Peaks of one output map (H/4, W/4, classes + 4) -> detections in original pixels
     (``scale``: network input pixels per original pixel). Class-agnostic: one detection per
-    location, from the 3x3 local maxima of the face map (max over classes)."""
+    location, from the 3x3 local maxima of the face map (max over classes); with
+    ``nms_iou``, a box overlapping a higher-scored one by more than that is dropped (peaks
+    of two class maps on one face)."""
     heat = 1.0 / (1.0 + np.exp(-output[..., :num_classes]))
     face = heat.max(-1)
     peaks = face == cv2.dilate(face, np.ones((3, 3), np.uint8))
@@ -145,6 +147,14 @@ def decode(output: np.ndarray, scale: float, num_classes: int, top_k: int = 100,
         p = heat[iy, ix]
         found.append(Detection(box=(int(round(x0)), int(round(y0)), int(round(w)), int(round(h))),
                                score=float(1.0 - np.prod(1.0 - p)), probs=tuple(float(v) for v in p / p.sum())))
+    if nms_iou is not None:
+        from maskflow.evaluate_scenes import iou
+
+        kept: list[Detection] = []
+        for d in found:  # highest peak first
+            if all(iou(d.box, k.box) <= nms_iou for k in kept):
+                kept.append(d)
+        found = kept
     return found
 
 
@@ -241,7 +251,8 @@ class TrainedFaceDetector:
     """The trained detector at run time: ``detect(rgb) -> [Face]`` like
     :class:`maskflow.faces.FaceDetector`, each face with its class probabilities."""
 
-    def __init__(self, model, classes: Sequence[str], long_side: int = 512, min_score: float = 0.05, flip: bool = False) -> None:
+    def __init__(self, model, classes: Sequence[str], long_side: int = 512, min_score: float = 0.05, flip: bool = False,
+                 nms_iou: float | None = None) -> None:
         import tensorflow as tf
 
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
@@ -251,6 +262,7 @@ class TrainedFaceDetector:
         self.long_side = int(long_side)
         self.min_score = float(min_score)
         self.flip = bool(flip)  # also run the mirrored frame and average the maps (2x cost)
+        self.nms_iou = None if nms_iou is None else float(nms_iou)
         self._call = tf.function(lambda x: model(x, training=False),
                                  input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
 
@@ -267,7 +279,7 @@ class TrainedFaceDetector:
         else:
             output = self._call(image[None].astype(np.float32))[0].numpy()
         return [Face(box=d.box, score=d.score, probs=d.probs)
-                for d in decode(output, scale, len(self.classes), min_score=self.min_score, image_shape=(h, w))]
+                for d in decode(output, scale, len(self.classes), min_score=self.min_score, image_shape=(h, w), nms_iou=self.nms_iou)]
 
 
 # ---- stage ``facedet``: train the detector on a VOC scene set's train split ------------
@@ -432,7 +444,7 @@ def _validate(cfg, model_path, classes: Sequence[str], items) -> dict:
 
     detect = cfg.detect
     detector = TrainedFaceDetector(model_path, classes, int(detect.long_side), min_score=float(detect.min_confidence),
-                                   flip=bool(detect.get("flip", False)))
+                                   flip=bool(detect.get("flip", False)), nms_iou=detect.get("nms_iou"))
     results = []
     for rgb, boxes, labels in _load(items, classes)[0]:
         preds = [{"box": list(f.box), "label": classes[int(np.argmax(f.probs))], "score": max(f.probs), "detector_score": f.score}
