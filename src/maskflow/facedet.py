@@ -328,10 +328,12 @@ def run(cfg, ctx):
     # Scored with the current conf/detect (cheap, so not cached with the weights).
     summary = {**summary, **_validate(cfg, model_path, classes, _scene_items(data_cfg, prepared, "val"))}
     metrics = {f"facedet_{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+    report = ctx.run_dir / "facedet" / "summary.json"
+    atomic_write_json(report, {**summary, "model_path": str(model_path)})
     if mlflow.active_run() is not None:
         mlflow.log_params({f"facedet.{k}": v for k, v in settings.items()})
         mlflow.log_metrics(metrics)
-        mlflow.log_artifact(str(summary_path), "facedet")
+        mlflow.log_artifact(str(report), "facedet")
     return TrainedDetector(model_path=model_path, classes=classes, long_side=int(fd.long_side), metrics=metrics)
 
 
