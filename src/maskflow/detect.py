@@ -235,23 +235,17 @@ class Detector:
         if faces is None:
             return [dict(face) for face in self._last_labels]
         h, w = frame.rgb.shape[:2]
-        if self.labels == "detector":
-            out = []
-            for face in faces:
-                k = int(np.argmax(face.probs))
-                out.append({"box": [int(v) for v in face.box], "label": self.classifier.face_classes[k],
-                            "score": round(float(face.probs[k]), 6), "detector_score": round(float(face.score), 6)})
-            self._last_labels = out
-            return out
-        size = self.classifier.input_size
-        if self.faces_only:
-            crops = [resize_square(frame.rgb, size)]
+        classes = self.classes
+        if self.labels == "detector":  # the detector's own class maps: no crops to classify
+            probs = np.array([f.probs for f in faces], np.float64).reshape(len(faces), len(classes))
         else:
-            crops = [crop_face(frame.rgb, f.box, self.margin, size) for f in faces]
-        probs = self.classifier(crops)  # every face of the frame in one batch
-        classes = self.classifier.classes
+            size = self.classifier.input_size
+            if self.faces_only:
+                crops = [resize_square(frame.rgb, size)]
+            else:
+                crops = [crop_face(frame.rgb, f.box, self.margin, size) for f in faces]
+            probs = self.classifier(crops)  # every face of the frame in one batch
         if self.labels == "fuse":
-            classes = self.classes
             probs = np.array([_fuse(f.probs, self.classifier.face_classes, p, self.classifier.classes, classes)
                               for f, p in zip(faces, probs)]).reshape(len(faces), len(classes))
         out = []

@@ -54,10 +54,8 @@ def build_model(num_classes: int, backbone, feature_layers: Sequence[str], width
     class heatmap logits, log box size (in stride units), centre offset."""
     from keras import layers
 
-    from maskflow.backbones import Preprocess
-
     inputs = keras.Input((None, None, 3), name="image")
-    x = Preprocess("tf")(inputs)
+    x = backbones.Preprocess("tf")(inputs)
     taps = keras.Model(backbone.input, [backbone.get_layer(n).output for n in feature_layers], name="backbone")(x)
     # Top-down feature pyramid down to stride 4 (small faces need the fine level).
     y = layers.Conv2D(width, 1, use_bias=False, name="lat_3")(taps[-1])
