@@ -5,8 +5,9 @@
 The registered model's trained detector alone (its own labels) on mask-scenes-853's
 ``--split`` (val by default: choose settings there, then report test once), split as the
 pipeline splits it, over a grid of input size (``long_side``), kept face score
-(``min_confidence``), mirrored-frame averaging (``flip``) and label source (``labels``:
-the detector's class maps, the crop classifier, or the mean of both). Prints detection
+(``min_confidence``), mirrored-frame averaging (``flip``), label source (``labels``:
+the detector's class maps, the crop classifier, or the mean of both) and decoding
+(``peaks``: a box per peak of each class map, or one per face). Prints detection
 recall/precision, accuracy over matched faces, per-class AP, scenes_map50 over the three
 scene classes, the same mean over with/without mask only, and ms per scene.
 """
@@ -40,21 +41,22 @@ def main() -> None:
     items = held_out_items(args.split)
     stored = detector_kwargs({**classifier.settings, "backend": "facedet", "labels": "detector"})
     print(f"model {args.model}; {len(items)} {args.split} scenes; stored: long_side {stored['long_side']}, "
-          f"min_confidence {stored['min_confidence']}, flip {stored['flip']}\n")
-    grid = [(512, 0.05, False, "detector"), (512, 0.1, False, "detector"), (512, 0.2, False, "detector"),
-            (512, 0.3, False, "detector"), (512, 0.1, False, "classifier"), (512, 0.1, False, "fuse"),
-            (512, 0.1, True, "detector"), (640, 0.1, False, "detector"), (416, 0.1, False, "detector"),
-            (384, 0.1, False, "detector"), (320, 0.1, False, "detector")]
-    print("| long_side | min_confidence | flip | labels | recall | precision | accuracy (matched) | AP incorrect | AP with | AP without "
-          "| scenes_map50 | mean AP with/without | ms/scene |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for side, conf, flip, labels in grid:
-        detector = Detector(classifier, **{**stored, "long_side": side, "min_confidence": conf, "flip": flip, "labels": labels})
+          f"min_confidence {stored['min_confidence']}, flip {stored['flip']}, peaks {stored['peaks']}\n")
+    grid = [(512, 0.05, False, "detector", "class"), (512, 0.1, False, "detector", "class"), (512, 0.2, False, "detector", "class"),
+            (512, 0.3, False, "detector", "class"), (512, 0.1, False, "detector", "face"), (512, 0.1, False, "classifier", "face"),
+            (512, 0.1, False, "fuse", "face"), (512, 0.1, True, "detector", "class"), (640, 0.1, False, "detector", "class"),
+            (416, 0.1, False, "detector", "class"), (384, 0.1, False, "detector", "class"), (320, 0.1, False, "detector", "class")]
+    print("| long_side | min_confidence | flip | labels | peaks | recall | precision | accuracy (matched) | AP incorrect | AP with "
+          "| AP without | scenes_map50 | mean AP with/without | ms/scene |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for side, conf, flip, labels, peaks in grid:
+        detector = Detector(classifier, **{**stored, "long_side": side, "min_confidence": conf, "flip": flip, "labels": labels,
+                                           "peaks": peaks})
         started = time.perf_counter()
         m = run_scenes(detector, items)["metrics"]
         ms = (time.perf_counter() - started) / len(items) * 1000
         ap = [m.get(f"scenes_ap50_{c}", float("nan")) for c in ("mask_weared_incorrect", "with_mask", "without_mask")]
-        print(f"| {side} | {conf} | {'yes' if flip else 'no'} | {labels} | {m['scenes_det_recall']:.3f} | {m['scenes_det_precision']:.3f} | "
+        print(f"| {side} | {conf} | {'yes' if flip else 'no'} | {labels} | {peaks} | {m['scenes_det_recall']:.3f} | {m['scenes_det_precision']:.3f} | "
               f"{m['scenes_cls_accuracy']:.3f} | {ap[0]:.3f} | {ap[1]:.3f} | {ap[2]:.3f} | {m['scenes_map50']:.3f} | "
               f"{(ap[1] + ap[2]) / 2:.3f} | {ms:.0f} |", flush=True)
 

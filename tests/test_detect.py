@@ -52,3 +52,6 @@ def test_annotate_draws_only_faces_above_the_display_threshold():
     assert np.array_equal(annotate(rgb, [low], min_score=0.3), plain)
     drawn = annotate(rgb, [low, high], min_score=0.3)
     assert not np.array_equal(drawn[20:40, 40:60], plain[20:40, 40:60]) and np.array_equal(drawn[12:28, 12:28], plain[12:28, 12:28])
+    # A second, less likely label of the same face (per-class peaks) is not drawn over the first.
+    runner_up = {**high, "label": "without_mask", "score": 0.3}
+    assert np.array_equal(annotate(rgb, [high, runner_up], min_score=0.3), drawn)

@@ -112,6 +112,15 @@ def test_small_real_model_learns_and_runs_inside_the_detector():
     fused = Detector(classifier, backend="facedet", long_side=128, labels="fuse", min_confidence=0.0)
     assert fused.classes == ["red", "grey", "a", "b"]
     assert [r["box"] for r in fused(Frame("scene.png", 0, items[0][0], False))] == [r["box"] for r in records]
+    # peaks="class": a record per class-map peak, each labelled with its own map's class;
+    # with the classifier's labels the boxes stay one per face.
+    per_class = Detector(classifier, backend="facedet", long_side=128, labels="detector", min_confidence=0.2, peaks="class")
+    per_face = Detector(classifier, backend="facedet", long_side=128, labels="detector", min_confidence=0.2)
+    hypotheses = per_class(Frame("scene.png", 0, items[0][0], False))
+    assert all(r["label"] in ("red", "grey") and 0 <= r["score"] <= 1 for r in hypotheses)
+    assert {tuple(r["box"]) for r in per_face(Frame("scene.png", 0, items[0][0], False))} <= {tuple(r["box"]) for r in hypotheses}
+    crops = Detector(classifier, backend="facedet", long_side=128, labels="classifier", min_confidence=0.0, peaks="class")
+    assert [r["box"] for r in crops(Frame("scene.png", 0, items[0][0], False))] == [r["box"] for r in relabelled]
 
 
 def test_fused_probabilities_average_over_the_union_of_classes():
@@ -164,3 +173,34 @@ def test_box_nms_drops_a_second_class_peak_on_the_same_face():
     assert len(facedet.decode(output, 1.0, 2, min_score=0.5)) == 2
     (kept,) = facedet.decode(output, 1.0, 2, min_score=0.5, nms_iou=0.5)
     assert int(np.argmax(kept.probs)) == 0  # the higher peak stays
+
+
+def test_per_class_peaks_give_an_unsure_face_a_record_per_class():
+    target = facedet.encode(np.array([[20, 20, 40, 40], [80, 70, 30, 30]], np.float32), np.array([0, 1]), (128, 128), 3)
+    heat = target[..., :3].copy()
+    heat[..., 2] = np.maximum(heat[..., 2], 0.4 * target[..., 0])  # face 0: class 0, but class 2 also likely
+    output = np.concatenate([_logit(heat), target[..., 3:7]], -1)
+    per_face = facedet.decode(output, 1.0, 3, min_score=0.2)
+    assert [d.label for d in per_face] == [None, None] and [int(np.argmax(d.probs)) for d in per_face] == [0, 1]
+    per_class = facedet.decode(output, 1.0, 3, min_score=0.2, per_class=True)
+    assert sorted(d.label for d in per_class) == [0, 1, 2]
+    runner_up = next(d for d in per_class if d.label == 2)
+    assert runner_up.box == next(d for d in per_class if d.label == 0).box  # same face, lower-ranked label
+    assert per_class[-1] is runner_up  # highest peak first
+    assert len(facedet.decode(output, 1.0, 3, min_score=0.5, per_class=True)) == 2  # 0.4 is under the threshold
+
+
+def test_box_targets_spread_to_cells_around_the_centre_and_still_decode_the_same_box():
+    boxes = np.array([[16, 16, 48, 48], [40, 40, 10, 10]], np.float32)  # the small face overlaps the large one
+    target = facedet.encode(boxes, np.array([0, 1]), (96, 96), 2, box_radius=1)
+    weights = target[..., -1]
+    assert weights[10, 10] == 1.0 and np.count_nonzero(weights) > 2  # centre cells weigh 1, neighbours less
+    assert 0 < weights[10, 9] < 1 and 0 < weights[9, 9] < weights[10, 9]  # side, then diagonal neighbour
+    # Every weighted cell points at its face's centre and size: decoding any of them gives the box.
+    for iy, ix in zip(*np.nonzero(weights)):
+        lw, lh, ox, oy = target[iy, ix, 2:6]
+        w, h, cx, cy = np.exp(lw) * 4, np.exp(lh) * 4, (ix + ox) * 4, (iy + oy) * 4
+        assert any(np.allclose((cx - w / 2, cy - h / 2, w, h), b, atol=1e-3) for b in boxes)
+    # Each centre cell keeps its own face (the small one claims (10, 10) too, as a neighbour).
+    assert np.allclose(np.exp(target[11, 11, 2:4]) * 4, (10, 10)) and np.allclose(np.exp(target[10, 10, 2:4]) * 4, (48, 48))
+    assert np.array_equal(facedet.encode(boxes, np.array([0, 1]), (96, 96), 2)[..., :2], target[..., :2])  # heatmaps unchanged

@@ -151,11 +151,16 @@ def _report(errors: list[str], source: str, reason: str) -> None:
 def annotate(rgb: np.ndarray, faces: list[dict], min_score: float = 0.0) -> np.ndarray:
     """Boxes coloured by class with label and score, for faces whose detector score is at
     least ``min_score`` (the JSON lines keep every face, for ranking metrics)."""
+    from maskflow.evaluate_scenes import iou
+
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     thickness = max(1, round(max(rgb.shape[:2]) / 400))
-    for face in faces:
-        if face["detector_score"] < min_score:
+    drawn: list[list[int]] = []
+    for face in sorted(faces, key=lambda f: -f["detector_score"] * f["score"]):
+        # One box per face: a second, less likely label of the same face is not drawn.
+        if face["detector_score"] < min_score or any(iou(face["box"], box) > 0.5 for box in drawn):
             continue
+        drawn.append(face["box"])
         x, y, w, h = face["box"]
         colour = COLOURS.get(face["label"], (255, 255, 255))
         cv2.rectangle(bgr, (x, y), (x + w, y + h), colour, thickness)
@@ -170,14 +175,16 @@ class Detector:
     ``backend="facedet"``: the trained detector (``classifier.face_model``) finds faces and,
     with ``labels="detector"``, labels them too (no crops, one network pass per frame);
     ``labels="classifier"`` classifies its crops instead; ``labels="fuse"`` averages the two
-    class distributions (a class one model lacks has probability 0 there).
+    class distributions (a class one model lacks has probability 0 there). With
+    ``peaks="class"`` and the detector's labels, each class map's peaks are boxes of their
+    own, so a face the detector is unsure about gets a record per likely class.
     ``backend="mtcnn"``: MTCNN finds faces and the classifier labels the crops."""
 
     def __init__(self, classifier: Classifier, faces_only: bool = False, max_side: int = 640, min_face: float = 12,
                  min_confidence: float = 0.8, margin: float = 0.2, detect_every: int = 1,
                  thresholds: Sequence[float] = (0.6, 0.7, 0.8), box_calibration: dict | None = None,
                  backend: str = "mtcnn", long_side: int = 512, labels: str = "classifier", flip: bool = False,
-                 nms_iou: float | None = None) -> None:
+                 nms_iou: float | None = None, peaks: str = "face") -> None:
         self.classifier = classifier
         self.faces_only = faces_only
         self.backend = backend
@@ -190,8 +197,12 @@ class Detector:
                                  "(register one with the pipeline's facedet stage, or use --backend mtcnn)")
             from maskflow.facedet import TrainedFaceDetector
 
+            if peaks not in ("class", "face"):
+                raise ValueError(f"unknown peaks {peaks!r} (class | face)")
+            # Per-class peaks name their class, so they only make sense with the detector's labels.
             self.detector = TrainedFaceDetector(classifier.face_model, classifier.face_classes, long_side,
-                                                min_score=min_confidence, flip=flip, nms_iou=nms_iou)
+                                                min_score=min_confidence, flip=flip, nms_iou=nms_iou,
+                                                per_class=peaks == "class" and self.labels == "detector")
         elif backend == "mtcnn":
             self.detector = FaceDetector(min_face_size=min_face, max_side=max_side, thresholds=thresholds)
         else:
@@ -250,7 +261,7 @@ class Detector:
                               for f, p in zip(faces, probs)]).reshape(len(faces), len(classes))
         out = []
         for face, p in zip(faces, probs):
-            k = int(np.argmax(p))
+            k = int(np.argmax(p)) if face.label is None or self.labels != "detector" else face.label
             box = face.box if self.faces_only else calibrate_box(face.box, self.box_calibration, w, h)
             out.append({"box": [int(v) for v in box], "label": classes[k], "score": round(float(p[k]), 6),
                         "detector_score": round(float(face.score), 6)})
@@ -369,7 +380,8 @@ def detector_kwargs(settings: dict) -> dict:
             "box_calibration": dict(settings["box_calibration"]) if settings.get("box_calibration") else None,
             "backend": str(settings.get("backend") or "mtcnn"), "long_side": int(settings.get("long_side") or 512),
             "labels": str(settings.get("labels") or "classifier"), "flip": bool(settings.get("flip", False)),
-            "nms_iou": None if settings.get("nms_iou") is None else float(settings["nms_iou"])}
+            "nms_iou": None if settings.get("nms_iou") is None else float(settings["nms_iou"]),
+            "peaks": str(settings.get("peaks") or "face")}
 
 
 def add_detector_args(parser: argparse.ArgumentParser) -> None:
@@ -381,6 +393,9 @@ def add_detector_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--long-side", type=int, default=None, help="facedet: frames are resized to this long side")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                         help="facedet: also run the mirrored frame and average (more accurate, 2x the cost)")
+    parser.add_argument("--peaks", choices=("class", "face"), default=None,
+                        help="facedet: a box per peak of each class map (a face may carry a second, lower-ranked "
+                             "label) | one box per face, its most likely class")
     parser.add_argument("--max-side", type=int, default=None, help="mtcnn: frames are downscaled to this long side for detection")
     parser.add_argument("--min-face", type=float, default=None, help="mtcnn: smallest face (px, after downscaling) to look for")
     parser.add_argument("--min-confidence", type=float, default=None, help="face score (detector confidence) to keep a face")
@@ -389,7 +404,8 @@ def add_detector_args(parser: argparse.ArgumentParser) -> None:
 def detector_settings(args: argparse.Namespace, classifier: Classifier) -> dict:
     """The model's stored detector settings, with the options given on the command line."""
     given = {"max_side": args.max_side, "min_face": args.min_face, "min_confidence": args.min_confidence,
-             "backend": args.backend, "labels": args.labels, "long_side": args.long_side, "flip": args.flip}
+             "backend": args.backend, "labels": args.labels, "long_side": args.long_side, "flip": args.flip,
+             "peaks": args.peaks}
     return detector_kwargs({**classifier.settings, **{k: v for k, v in given.items() if v is not None}})
 
 

@@ -35,7 +35,8 @@ FEATURES = {  # MobileNetV2 layers at strides 4, 8, 16, 32
 class Detection:
     box: tuple[int, int, int, int]  # x, y, w, h in pixels of the original image
     score: float  # face probability: 1 - prod(1 - peak of each class)
-    probs: tuple[float, ...]  # class probabilities (class peaks, normalised)
+    probs: tuple[float, ...]  # class probabilities at the box's cell (class maps, normalised)
+    label: int | None = None  # the class whose map peaks here (per-class decoding), else None
 
 
 @keras.saving.register_keras_serializable(package="maskflow")
@@ -75,13 +76,19 @@ def build_model(num_classes: int, backbone, feature_layers: Sequence[str], width
     return keras.Model(inputs, outputs, name="facedet")
 
 
-def encode(boxes: np.ndarray, labels: np.ndarray, shape: tuple[int, int], num_classes: int) -> np.ndarray:
+def encode(boxes: np.ndarray, labels: np.ndarray, shape: tuple[int, int], num_classes: int,
+           box_radius: int = 0) -> np.ndarray:
     """Training target (H/4, W/4, classes + 5): Gaussian class heatmaps (sigma from box
-    size), then log w, log h, offset x, y and a 0/1 mask at each face centre."""
+    size), then log w, log h, offset x, y of the face centre from the cell, and the weight
+    of those four at that cell: 1 at each face centre and, with ``box_radius`` r, Gaussian
+    weights at the cells within r of it that lie inside the face (box sizes learned from
+    up to (2r+1)^2 cells per face instead of one, as TTFNet does; a cell two faces claim
+    keeps the face it is nearer to, by weight, else the smaller face)."""
     out_h, out_w = shape[0] // STRIDE, shape[1] // STRIDE
     target = np.zeros((out_h, out_w, num_classes + 5), np.float32)
     ys, xs = np.mgrid[0:out_h, 0:out_w].astype(np.float32)
-    for (x, y, w, h), c in zip(boxes, labels):
+    for k in np.argsort(-(boxes[:, 2] * boxes[:, 3]), kind="stable") if len(boxes) else []:
+        (x, y, w, h), c = boxes[k], labels[k]
         cx, cy = (x + w / 2) / STRIDE, (y + h / 2) / STRIDE
         ix, iy = int(cx), int(cy)
         if not (0 <= ix < out_w and 0 <= iy < out_h) or w < 2 or h < 2:
@@ -92,13 +99,21 @@ def encode(boxes: np.ndarray, labels: np.ndarray, shape: tuple[int, int], num_cl
         g = np.exp(-((xs[y0:y1, x0:x1] - ix) ** 2 / (2 * sx * sx) + (ys[y0:y1, x0:x1] - iy) ** 2 / (2 * sy * sy)))
         np.maximum(target[y0:y1, x0:x1, c], g, out=target[y0:y1, x0:x1, c])
         target[iy, ix, c] = 1.0
-        target[iy, ix, num_classes:] = (np.log(w / STRIDE), np.log(h / STRIDE), cx - ix, cy - iy, 1.0)
+        for dy in range(-box_radius, box_radius + 1):
+            for dx in range(-box_radius, box_radius + 1):
+                jx, jy = ix + dx, iy + dy
+                inside = x / STRIDE <= jx + 0.5 <= (x + w) / STRIDE and y / STRIDE <= jy + 0.5 <= (y + h) / STRIDE
+                if (dx or dy) and not (0 <= jx < out_w and 0 <= jy < out_h and inside):
+                    continue
+                weight = np.exp(-(dx * dx / (2 * max(sx, 1.0) ** 2) + dy * dy / (2 * max(sy, 1.0) ** 2)))
+                if weight >= target[jy, jx, -1]:  # nearer its own centre than to another face's
+                    target[jy, jx, num_classes:] = (np.log(w / STRIDE), np.log(h / STRIDE), cx - jx, cy - jy, weight)
     return target
 
 
 def loss_fn(num_classes: int, size_weight: float = 1.0):
-    """Penalty-reduced focal loss on the heatmaps + L1 on size and offset at centres,
-    each normalised by the number of faces in the batch."""
+    """Penalty-reduced focal loss on the heatmaps (per face centre in the batch) + L1 on
+    size and offset (weighted mean over the cells with box targets)."""
     import tensorflow as tf
 
     def loss(y_true, y_pred):
@@ -107,31 +122,40 @@ def loss_fn(num_classes: int, size_weight: float = 1.0):
         pos = tf.cast(tf.equal(heat_true, 1.0), tf.float32)
         pos_loss = -tf.math.log(heat) * (1 - heat) ** 2 * pos
         neg_loss = -tf.math.log(1 - heat) * heat ** 2 * (1 - heat_true) ** 4 * (1 - pos)
-        mask = y_true[..., -1:]
-        n = tf.maximum(tf.reduce_sum(mask), 1.0)
-        focal = (tf.reduce_sum(pos_loss) + tf.reduce_sum(neg_loss)) / n
-        reg = tf.abs(y_true[..., num_classes:num_classes + 4] - y_pred[..., num_classes:]) * mask
-        size = tf.reduce_sum(reg[..., :2]) / n
-        offset = tf.reduce_sum(reg[..., 2:]) / n
+        weight = y_true[..., -1:]  # box targets' weight per cell (1 at face centres)
+        focal = (tf.reduce_sum(pos_loss) + tf.reduce_sum(neg_loss)) / tf.maximum(tf.reduce_sum(pos), 1.0)
+        reg = tf.abs(y_true[..., num_classes:num_classes + 4] - y_pred[..., num_classes:]) * weight
+        total_weight = tf.maximum(tf.reduce_sum(weight), 1.0)
+        size = tf.reduce_sum(reg[..., :2]) / total_weight
+        offset = tf.reduce_sum(reg[..., 2:]) / total_weight
         return focal + size_weight * size + offset
 
     return loss
 
 
 def decode(output: np.ndarray, scale: float, num_classes: int, top_k: int = 100, min_score: float = 0.05,
-           image_shape: tuple[int, int] | None = None, nms_iou: float | None = None) -> list[Detection]:
+           image_shape: tuple[int, int] | None = None, nms_iou: float | None = None,
+           per_class: bool = False) -> list[Detection]:
     """Peaks of one output map (H/4, W/4, classes + 4) -> detections in original pixels
-    (``scale``: network input pixels per original pixel). Class-agnostic: one detection per
-    location, from the 3x3 local maxima of the face map (max over classes); with
-    ``nms_iou``, a box overlapping a higher-scored one by more than that is dropped (peaks
-    of two class maps on one face)."""
+    (``scale``: network input pixels per original pixel), highest first.
+
+    ``per_class=False``: one detection per 3x3 local maximum of the face map (max over
+    classes), its class left to the caller (most likely: argmax of ``probs``).
+    ``per_class=True`` (CenterNet's own decoding): one detection per local maximum of each
+    class map, with that class in ``label``, so an ambiguous face can be reported as, say,
+    ``with_mask`` and, lower ranked, ``mask_weared_incorrect`` (the rare class is then not
+    lost to its neighbour). With ``nms_iou``, a box overlapping a higher one by more than
+    that is dropped, whatever its class."""
     heat = 1.0 / (1.0 + np.exp(-output[..., :num_classes]))
-    face = heat.max(-1)
-    peaks = face == cv2.dilate(face, np.ones((3, 3), np.uint8))
-    ys, xs = np.nonzero(peaks & (face >= min_score))
-    order = np.argsort(-face[ys, xs])[:top_k]
+    kernel = np.ones((3, 3), np.uint8)
+    maps = [(heat[..., c], c) for c in range(num_classes)] if per_class else [(heat.max(-1), None)]
+    peaks = []  # (peak value, row, column, class or None)
+    for value, label in maps:
+        ys, xs = np.nonzero((value == cv2.dilate(value, kernel)) & (value >= min_score))
+        peaks += [(float(value[y, x]), int(y), int(x), label) for y, x in zip(ys, xs)]
+    peaks.sort(key=lambda peak: -peak[0])
     found = []
-    for iy, ix in zip(ys[order], xs[order]):
+    for _, iy, ix, label in peaks[:top_k]:
         lw, lh, ox, oy = output[iy, ix, num_classes:]
         w, h = np.exp(np.clip([lw, lh], -3, 6)) * STRIDE / scale
         cx, cy = (ix + ox) * STRIDE / scale, (iy + oy) * STRIDE / scale
@@ -144,7 +168,7 @@ def decode(output: np.ndarray, scale: float, num_classes: int, top_k: int = 100,
             continue
         p = heat[iy, ix]
         found.append(Detection(box=(int(round(x0)), int(round(y0)), int(round(w)), int(round(h))),
-                               score=float(1.0 - np.prod(1.0 - p)), probs=tuple(float(v) for v in p / p.sum())))
+                               score=float(1.0 - np.prod(1.0 - p)), probs=tuple(float(v) for v in p / p.sum()), label=label))
     if nms_iou is not None:
         from maskflow.evaluate_scenes import iou
 
@@ -180,7 +204,7 @@ def repeat_factors(labels: Sequence[np.ndarray], num_classes: int, threshold: fl
 def training_samples(items: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], crop: int, long_side: int,
                      num_classes: int, seed: int, scale_range: tuple[float, float] = (0.6, 1.4),
                      extra: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] = (), extra_fraction: float = 0.0,
-                     extra_face_px: tuple[float, float] = (12.0, 300.0)) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                     extra_face_px: tuple[float, float] = (12.0, 300.0), box_radius: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless augmented (image, target) pairs: random scale around ``long_side``, random
     ``crop`` x ``crop`` window, horizontal flip, brightness/contrast jitter. Scenes are
     drawn with their repeat factor (:func:`repeat_factors`), so rare classes come up more.
@@ -198,11 +222,11 @@ def training_samples(items: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
             else:
                 rgb, boxes, labels = items[i]
                 s = long_side / max(rgb.shape[:2]) * rng.uniform(*scale_range)
-            yield _augment(rgb, boxes, labels, s, crop, num_classes, rng)
+            yield _augment(rgb, boxes, labels, s, crop, num_classes, rng, box_radius)
 
 
 def _augment(rgb: np.ndarray, boxes: np.ndarray, labels: np.ndarray, s: float, crop: int, num_classes: int,
-             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+             rng: np.random.Generator, box_radius: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Rescale by ``s``, cut a random ``crop`` window (grey where it leaves the image),
     mirror half the time, jitter brightness/contrast; the target of what is left."""
     h, w = rgb.shape[:2]
@@ -229,7 +253,7 @@ def _augment(rgb: np.ndarray, boxes: np.ndarray, labels: np.ndarray, s: float, c
     b = np.stack([x0, y0, x1 - x0, y1 - y0], 1) if len(b) else b
     alpha, beta = rng.uniform(0.75, 1.25), rng.uniform(-25, 25)
     canvas = np.clip(canvas.astype(np.float32) * alpha + beta, 0, 255)
-    return canvas, encode(b, lab, (crop, crop), num_classes)
+    return canvas, encode(b, lab, (crop, crop), num_classes, box_radius)
 
 
 def merge_flipped(output: np.ndarray, mirrored: np.ndarray, num_classes: int) -> np.ndarray:
@@ -250,7 +274,7 @@ class TrainedFaceDetector:
     :class:`maskflow.faces.FaceDetector`, each face with its class probabilities."""
 
     def __init__(self, model, classes: Sequence[str], long_side: int = 512, min_score: float = 0.05, flip: bool = False,
-                 nms_iou: float | None = None) -> None:
+                 nms_iou: float | None = None, per_class: bool = False) -> None:
         import tensorflow as tf
 
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
@@ -261,6 +285,7 @@ class TrainedFaceDetector:
         self.min_score = float(min_score)
         self.flip = bool(flip)  # also run the mirrored frame and average the maps (2x cost)
         self.nms_iou = None if nms_iou is None else float(nms_iou)
+        self.per_class = bool(per_class)  # one box per peak of each class map (see decode)
         self._call = tf.function(lambda x: model(x, training=False),
                                  input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
 
@@ -276,8 +301,9 @@ class TrainedFaceDetector:
             output = merge_flipped(both[0], both[1], len(self.classes))
         else:
             output = self._call(image[None].astype(np.float32))[0].numpy()
-        return [Face(box=d.box, score=d.score, probs=d.probs)
-                for d in decode(output, scale, len(self.classes), min_score=self.min_score, image_shape=(h, w), nms_iou=self.nms_iou)]
+        found = decode(output, scale, len(self.classes), min_score=self.min_score, image_shape=(h, w), nms_iou=self.nms_iou,
+                       per_class=self.per_class)
+        return [Face(box=d.box, score=d.score, probs=d.probs, label=d.label) for d in found]
 
 
 # ---- stage ``facedet``: train the detector on a VOC scene set's train split ------------
@@ -412,7 +438,7 @@ def _train(cfg, data_cfg, prepared, model_cfg, weights, classes, work, model_pat
         log.info("facedet: + %d close-up photos with one labelled face, %.0f%% of the samples", len(closeups),
                  100 * float(fd.extra_fraction))
     samples = lambda: training_samples(train_items, crop, int(fd.long_side), n, int(cfg.seed), tuple(fd.scale_range),  # noqa: E731
-                                       closeups, float(fd.get("extra_fraction") or 0.0))
+                                       closeups, float(fd.get("extra_fraction") or 0.0), box_radius=int(fd.get("box_radius", 0)))
     ds = tf.data.Dataset.from_generator(samples, output_signature=(
         tf.TensorSpec((crop, crop, 3), tf.float32), tf.TensorSpec((crop // STRIDE, crop // STRIDE, n + 5), tf.float32)))
     ds = ds.batch(int(fd.batch_size)).prefetch(2)
@@ -444,11 +470,14 @@ def _validate(cfg, model_path, classes: Sequence[str], items) -> dict:
 
     detect = cfg.detect
     detector = TrainedFaceDetector(model_path, classes, int(detect.long_side), min_score=float(detect.min_confidence),
-                                   flip=bool(detect.get("flip", False)), nms_iou=detect.get("nms_iou"))
+                                   flip=bool(detect.get("flip", False)), nms_iou=detect.get("nms_iou"),
+                                   per_class=str(detect.get("peaks", "face")) == "class")
     results = []
     for rgb, boxes, labels in _load(items, classes)[0]:
-        preds = [{"box": list(f.box), "label": classes[int(np.argmax(f.probs))], "score": max(f.probs), "detector_score": f.score}
-                 for f in detector.detect(rgb)]
+        preds = []
+        for f in detector.detect(rgb):
+            k = int(np.argmax(f.probs)) if f.label is None else f.label
+            preds.append({"box": list(f.box), "label": classes[k], "score": f.probs[k], "detector_score": f.score})
         results.append((preds, [(classes[c], tuple(b)) for c, b in zip(labels, boxes)]))
     val = score_scenes(results, classes)["metrics"]
     logging.getLogger(__name__).info("facedet: val scenes_map50 %.4f, recall %.4f, precision %.4f (%d scenes)",

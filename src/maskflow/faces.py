@@ -20,6 +20,7 @@ class Face:
     box: tuple[int, int, int, int]  # x, y, w, h in pixels of the original image
     score: float
     probs: tuple[float, ...] | None = None  # class probabilities, from a detector that classifies
+    label: int | None = None  # the class index this box stands for (a per-class detector peak)
 
 
 def crop_face(rgb: np.ndarray, box: Sequence[float], margin: float, size: int) -> np.ndarray:
