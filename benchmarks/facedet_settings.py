@@ -1,6 +1,7 @@
 """How the facedet settings in conf/detect/facedet.yaml were chosen (detect=facedet).
 
     python benchmarks/facedet_settings.py [--model models:/maskflow@champion] [--split val]
+        [--face-model cache/facedet/<backbone>-<key>/facedet.keras] [--rows all|stored]
 
 The registered model's trained detector alone (its own labels) on mask-scenes-853's
 ``--split`` (val by default: choose settings there, then report test once), split as the
@@ -10,6 +11,9 @@ the detector's class maps, the crop classifier, or the mean of both) and decodin
 (``peaks``: a box per peak of each class map, or one per face). Prints detection
 recall/precision, accuracy over matched faces, per-class AP, scenes_map50 over the three
 scene classes, the same mean over with/without mask only, and ms per scene.
+``--face-model`` scores another trained detector (a facedet stage output, e.g. of
+``facedet.backbone=mobilenetv2``) in place of the registered one; ``--rows stored`` only
+the model's stored settings.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="models:/maskflow@champion")
     parser.add_argument("--split", default="val", choices=("val", "test", "train"))
+    parser.add_argument("--face-model", default=None, help="a facedet.keras to score instead of the registered detector")
+    parser.add_argument("--rows", default="all", choices=("all", "stored"))
+    parser.add_argument("--peaks", default=None, choices=("class", "face"), help="in place of the stored decoding")
     args = parser.parse_args()
 
     from detect_speed import held_out_items
@@ -36,16 +43,21 @@ def main() -> None:
     from maskflow.evaluate_scenes import run_scenes
 
     classifier = Classifier.from_uri(args.model)
+    if args.face_model:
+        classifier.face_model = args.face_model
     if classifier.face_model is None:
         raise SystemExit(f"{args.model} carries no trained face detector (registered with detect=mtcnn)")
     items = held_out_items(args.split)
-    stored = detector_kwargs({**classifier.settings, "backend": "facedet", "labels": "detector"})
-    print(f"model {args.model}; {len(items)} {args.split} scenes; stored: long_side {stored['long_side']}, "
+    stored = detector_kwargs({**classifier.settings, "backend": "facedet", "labels": "detector",
+                              **({"peaks": args.peaks} if args.peaks else {})})
+    print(f"model {args.model}{'; detector ' + args.face_model if args.face_model else ''}; {len(items)} {args.split} scenes; stored: long_side {stored['long_side']}, "
           f"min_confidence {stored['min_confidence']}, flip {stored['flip']}, peaks {stored['peaks']}\n")
     grid = [(512, 0.05, False, "detector", "class"), (512, 0.1, False, "detector", "class"), (512, 0.2, False, "detector", "class"),
             (512, 0.3, False, "detector", "class"), (512, 0.1, False, "detector", "face"), (512, 0.1, False, "classifier", "face"),
             (512, 0.1, False, "fuse", "face"), (512, 0.1, True, "detector", "class"), (640, 0.1, False, "detector", "class"),
             (416, 0.1, False, "detector", "class"), (384, 0.1, False, "detector", "class"), (320, 0.1, False, "detector", "class")]
+    if args.rows == "stored":
+        grid = [(stored["long_side"], stored["min_confidence"], stored["flip"], stored["labels"], stored["peaks"])]
     print("| long_side | min_confidence | flip | labels | peaks | recall | precision | accuracy (matched) | AP incorrect | AP with "
           "| AP without | scenes_map50 | mean AP with/without | ms/scene |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")

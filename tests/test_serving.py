@@ -229,3 +229,25 @@ def test_served_champion_detects_faces_and_refuses_bad_payloads(served, tmp_path
     assert proc.poll() is None
     status, body = post(url, rows(images))
     assert status == 200 and body["predictions"] == records
+
+
+def test_a_version_is_reused_only_for_the_same_files_and_settings(tmp_path):
+    """Re-running export with the same model and settings reuses its version; changed
+    detector settings (stored in the pyfunc's metadata) register a new one."""
+    import mlflow
+
+    from maskflow import serving
+    from maskflow.export import register_pyfunc
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_experiment("t")
+    try:
+        model_path = tiny_keras_model(tmp_path / "model.keras")
+        versions = []
+        for i, peaks in enumerate(("face", "face", "class")):
+            meta = serving.meta_for(["with_mask", "without_mask"], 32, "tiny", {"backend": "mtcnn", "peaks": peaks})
+            with mlflow.start_run():
+                versions.append(register_pyfunc("m", model_path, meta, tmp_path / f"meta{i}.json", scene_images(1), {}))
+        assert versions[0] == versions[1] != versions[2]
+    finally:
+        mlflow.set_tracking_uri(None)

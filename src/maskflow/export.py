@@ -178,8 +178,8 @@ def _register(cfg, ctx, trained: TrainedModel, prepared: PreparedData, evaluatio
 def register_pyfunc(name: str, keras_model: Path, meta: dict, meta_path: Path, examples: Sequence[Path], tags: dict[str, str],
                     face_model: Path | None = None) -> str:
     """Log the pyfunc to the active run and register it as a version of ``name``; a
-    version of the same Keras files (classifier, face detector) under the same pyfunc
-    contract is reused instead."""
+    version of the same Keras files (classifier, face detector) with the same metadata
+    (classes, detector settings) under the same pyfunc contract is reused instead."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -189,6 +189,8 @@ def register_pyfunc(name: str, keras_model: Path, meta: dict, meta_path: Path, e
     model_sha = sha256_file(keras_model)
     if face_model is not None:  # the served model is the pair
         model_sha = sha256_bytes(f"{model_sha}:{sha256_file(face_model)}".encode())
+    # ... and what it does with them: other detector settings make another version.
+    model_sha = sha256_bytes(f"{model_sha}:{json.dumps(meta, sort_keys=True, default=str)}".encode())
     client = MlflowClient()
     try:
         existing = client.search_model_versions(f"name = '{name}' and tag.model_sha256 = '{model_sha}'")

@@ -333,7 +333,11 @@ def run(cfg, ctx):
     weights = backbones.resolve_weights(model_cfg, list(cfg.paths.weights_dirs))
     settings = OmegaConf.to_container(fd, resolve=True)
     extra = [prepare.prepared_for(cfg, ctx, str(name), f"facedet_{str(name).replace('-', '_')}") for name in fd.get("extra_data") or []]
-    inputs = {"facedet": {k: v for k, v in settings.items() if not k.startswith("extra_")}, "data": prepared.digest,
+    # Options at their neutral value stay out of the key, so detectors trained before the
+    # option existed are still found.
+    neutral = {"box_radius": 0}
+    keyed = {k: v for k, v in settings.items() if not k.startswith("extra_") and neutral.get(k, object()) != v}
+    inputs = {"facedet": keyed, "data": prepared.digest,
               "model": OmegaConf.to_container(model_cfg, resolve=True), "weights": weights.sha256, "seed": int(cfg.seed),
               "version": VERSION}
     if extra:  # (scenes-only keys stay as they were before extra data existed)
