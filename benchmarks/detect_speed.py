@@ -1,6 +1,6 @@
 """Detect-then-classify speed on this CPU, and the recall each speed trick costs.
 
-    python benchmarks/detect_speed.py [--model models:/maskflow@champion] [--frames 150]
+    python benchmarks/detect_speed.py [--model models:/maskflow@champion] [--frames 150] [--face-model PATH]
 
 Everything is measured on mask-scenes-853's held-out (test) split, as prepared by the
 pipeline. Test videos are built from those scene images (scenes with 1-5 faces, each
@@ -117,6 +117,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="models:/maskflow@champion")
     parser.add_argument("--frames", type=int, default=150)
+    parser.add_argument("--face-model", default=None,
+                        help="a facedet.keras (facedet stage output) in place of the registered detector; no CLI rows")
     args = parser.parse_args()
 
     from maskflow.detect import Classifier, detector_kwargs
@@ -125,6 +127,8 @@ def main() -> None:
 
     t = time.perf_counter()
     classifier = Classifier.from_uri(args.model)
+    if args.face_model:
+        classifier.face_model = args.face_model
     load_s = time.perf_counter() - t
     held_out = held_out_items()
     print(f"model load: {load_s:.2f} s ({args.model}); machine: {os.cpu_count()} cores; "
@@ -170,6 +174,8 @@ def main() -> None:
               f"{v2['p50_ms']:.0f}/{v2['p95_ms']:.0f} | {im['fps']:.1f} | {on_video['scenes_det_recall']:.3f} | "
               f"{on_video['scenes_map50']:.3f} | {stills['scenes_det_recall']:.3f} | {stills['scenes_map50']:.3f} |", flush=True)
 
+    if args.face_model:  # the CLI runs registered models only
+        return
     print("\nThe CLI end to end on the same 640x480 video (MJPG file; decode on a reader thread):\n")
     for extra in ([], ["--long-side", "384", "--detect-every", "2"]):
         summary, wall = cli_on_video(video, args.model, extra)
