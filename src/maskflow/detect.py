@@ -261,7 +261,7 @@ class Detector:
                               for f, p in zip(faces, probs)]).reshape(len(faces), len(classes))
         out = []
         for face, p in zip(faces, probs):
-            k = int(np.argmax(p)) if face.label is None or self.labels != "detector" else face.label
+            k = face.class_index() if self.labels == "detector" else int(np.argmax(p))
             box = face.box if self.faces_only else calibrate_box(face.box, self.box_calibration, w, h)
             out.append({"box": [int(v) for v in box], "label": classes[k], "score": round(float(p[k]), 6),
                         "detector_score": round(float(face.score), 6)})

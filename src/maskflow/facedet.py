@@ -478,10 +478,8 @@ def _validate(cfg, model_path, classes: Sequence[str], items) -> dict:
                                    per_class=str(detect.get("peaks", "face")) == "class")
     results = []
     for rgb, boxes, labels in _load(items, classes)[0]:
-        preds = []
-        for f in detector.detect(rgb):
-            k = int(np.argmax(f.probs)) if f.label is None else f.label
-            preds.append({"box": list(f.box), "label": classes[k], "score": f.probs[k], "detector_score": f.score})
+        preds = [{"box": list(f.box), "label": classes[f.class_index()], "score": f.probs[f.class_index()], "detector_score": f.score}
+                 for f in detector.detect(rgb)]
         results.append((preds, [(classes[c], tuple(b)) for c, b in zip(labels, boxes)]))
     val = score_scenes(results, classes)["metrics"]
     logging.getLogger(__name__).info("facedet: val scenes_map50 %.4f, recall %.4f, precision %.4f (%d scenes)",

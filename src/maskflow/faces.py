@@ -22,6 +22,10 @@ class Face:
     probs: tuple[float, ...] | None = None  # class probabilities, from a detector that classifies
     label: int | None = None  # the class index this box stands for (a per-class detector peak)
 
+    def class_index(self) -> int:
+        """The class this face is reported as: its own peak's class, else the most likely."""
+        return self.label if self.label is not None else int(np.argmax(self.probs))
+
 
 def crop_face(rgb: np.ndarray, box: Sequence[float], margin: float, size: int) -> np.ndarray:
     """Square crop around ``box`` (x, y, w, h), grown by ``margin`` of its long side on
