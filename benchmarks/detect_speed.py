@@ -144,9 +144,8 @@ def main() -> None:
     settings = [  # (name, settings, detect_every, compiled MTCNN, pipelined)
         (f"{stored['backend']}, stored defaults (conf/detect)", stored, 1, True, False),
         (f"{stored['backend']}, stored defaults, pipelined (CLI default)", stored, 1, True, True),
-        ("facedet, long side 416, pipelined", side(416), 1, True, True),
-        ("facedet, long side 384, pipelined", side(384), 1, True, True),
-        ("facedet, long side 320, pipelined", side(320), 1, True, True),
+        *[(f"facedet, long side {n}, pipelined", side(n), 1, True, True)
+          for n in (512, 416, 384, 320) if n != stored.get("long_side")],  # the stored one is above
         ("facedet, long side 512, pipelined, every 2nd frame", side(512), 2, True, True),
         ("facedet, long side 384, pipelined, every 2nd frame", side(384), 2, True, True),
         ("mtcnn + classifier (conf/detect/mtcnn), compiled, pipelined", mtcnn, 1, True, True),

@@ -47,3 +47,13 @@ def test_joblib_launcher_composes(tmp_path):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=["launcher=joblib"], return_hydra_config=True)
     assert "joblib" in cfg.hydra.launcher._target_.lower() and cfg.hydra.launcher.n_jobs == 2
+
+
+def test_detector_experiments_change_only_what_they_name(tmp_path):
+    default = compose(tmp_path / "a", [])
+    quick = compose(tmp_path / "b", ["experiment=quick_detector"])
+    large = compose(tmp_path / "c", ["experiment=large_detector"])
+    assert quick.facedet.epochs < default.facedet.epochs  # a shorter training, same network
+    assert quick.facedet.backbone == default.facedet.backbone == "mobilenetv2_035"
+    assert large.facedet.backbone == "mobilenetv2" and large.facedet.epochs == default.facedet.epochs
+    assert quick.detect == default.detect and large.detect == default.detect
