@@ -13,7 +13,9 @@ recall/precision, accuracy over matched faces, per-class AP, scenes_map50 over t
 scene classes, the same mean over with/without mask only, and ms per scene.
 ``--face-model`` scores another trained detector (a facedet stage output, e.g. of
 ``facedet.backbone=mobilenetv2``) in place of the registered one; ``--rows stored`` only
-the model's stored settings.
+the model's stored settings. ``--headroom`` adds where the gap lies at the stored settings
+(one box per face): face AP regardless of class at IoU 0.5 and 0.3, and scenes_map50 had
+every matched face been given its true class (:func:`maskflow.evaluate_scenes.headroom`).
 """
 
 from __future__ import annotations
@@ -35,12 +37,14 @@ def main() -> None:
     parser.add_argument("--face-model", default=None, help="a facedet.keras to score instead of the registered detector")
     parser.add_argument("--rows", default="all", choices=("all", "stored"))
     parser.add_argument("--peaks", default=None, choices=("class", "face"), help="in place of the stored decoding")
+    parser.add_argument("--headroom", action="store_true", help="also: face AP and scenes_map50 with true labels")
     args = parser.parse_args()
 
     from detect_speed import held_out_items
 
-    from maskflow.detect import Classifier, Detector, detector_kwargs
-    from maskflow.evaluate_scenes import run_scenes
+    from maskflow.detect import Classifier, Detector, Frame, detector_kwargs
+    from maskflow.evaluate_scenes import headroom, run_scenes
+    from maskflow.imageio import read_image
 
     classifier = Classifier.from_uri(args.model)
     if args.face_model:
@@ -71,6 +75,13 @@ def main() -> None:
         print(f"| {side} | {conf} | {'yes' if flip else 'no'} | {labels} | {peaks} | {m['scenes_det_recall']:.3f} | {m['scenes_det_precision']:.3f} | "
               f"{m['scenes_cls_accuracy']:.3f} | {ap[0]:.3f} | {ap[1]:.3f} | {ap[2]:.3f} | {m['scenes_map50']:.3f} | "
               f"{(ap[1] + ap[2]) / 2:.3f} | {ms:.0f} |", flush=True)
+    if args.headroom:
+        detector = Detector(classifier, **{**stored, "peaks": "face"})
+        results = [(detector(Frame(str(path), 0, read_image(path).rgb, False)), truths) for path, truths in items]
+        gaps = headroom(results, detector.classes)
+        print(f"\nheadroom at long_side {stored['long_side']}, min_confidence {stored['min_confidence']}, one box per face: "
+              f"face AP50 {gaps['face_ap50']:.3f}, face AP30 {gaps['face_ap30']:.3f}, "
+              f"scenes_map50 with true labels {gaps['map50_true_labels']:.3f}")
 
 
 if __name__ == "__main__":

@@ -124,7 +124,8 @@ def test_full_pipeline_registers_and_promotes(tmp_path):
     assert [r["source"] for r in found] == [f"row-{i}" for i in range(4)] and all(r["frame"] == 0 for r in found)
     scene_classes = {"with_mask", "without_mask", "mask_weared_incorrect"}
     assert all(f["label"] in scene_classes and len(f["box"]) == 4 for r in found for f in r["faces"])
-    assert champion.tags["facedet_val_map50"]  # the detector's numbers travel with the version
+    # The detector's numbers travel with the version, so promote_metric=scenes_map50 works.
+    assert champion.tags["facedet_val_map50"] and float(champion.tags["scenes_map50"]) == pytest.approx(metrics["scenes_map50"], abs=1e-5)
 
     # The detect CLI on face crops (+ a corrupt image and a truncated video): JSON lines
     # in the documented shape, bad inputs reported, a summary line on stderr.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from maskflow.evaluate_scenes import average_precision, iou, score_scenes
+from maskflow.evaluate_scenes import average_precision, headroom, iou, score_scenes
 
 from .conftest import SCENES, needs_shared
 
@@ -40,6 +40,19 @@ def test_score_scenes_counts_missed_and_spurious():
     assert matrix["spurious"] == [0, 1, 0]
     assert m["scenes_ap50_with_mask"] == pytest.approx(0.5)  # the hit ranks first: recall 1/2 at precision 1
     assert 0.0 <= m["scenes_map50"] <= 1.0
+
+
+def test_headroom_separates_finding_faces_from_labelling_them():
+    truths = [("with_mask", (0, 0, 20, 20)), ("without_mask", (100, 100, 20, 20)), ("with_mask", (200, 0, 20, 20))]
+    # Every face found, two of three labelled wrong, one box loose (IoU 0.36).
+    preds = [_face((0, 0, 20, 20), "without_mask"), _face((100, 100, 20, 20), "with_mask"), _face((205, 5, 20, 20), "with_mask")]
+    classes = ["with_mask", "without_mask"]
+    assert score_scenes([(preds, truths)], classes)["metrics"]["scenes_map50"] == 0.0
+    gaps = headroom([(preds, truths)], classes)
+    assert gaps["face_ap50"] == pytest.approx(2 / 3)  # the loose box is not a match at 0.5 ...
+    assert gaps["face_ap30"] == pytest.approx(1.0)  # ... but is at 0.3
+    assert gaps["map50_true_labels"] == pytest.approx((0.5 + 1.0) / 2)  # with_mask: 1 of 2 faces, without: 1 of 1
+    assert preds[0]["label"] == "without_mask"  # the caller's predictions are left as they were
 
 
 def test_unknown_truth_classes_are_ignored_and_counted():

@@ -163,7 +163,8 @@ def _register(cfg, ctx, trained: TrainedModel, prepared: PreparedData, evaluatio
 
     tags = {"backbone": cfg.model.name, "data_digest": prepared.digest, "data_name": cfg.data.name,
             "run_id": ctx.run_id or "",
-            **{k: f"{v:.6g}" for k, v in evaluation.metrics.items() if k.startswith("test_") or k in ("latency_ms_b1", "params_total")}}
+            **{k: f"{v:.6g}" for k, v in evaluation.metrics.items()
+               if k.startswith(("test_", "scenes_")) or k in ("latency_ms_b1", "params_total")}}
     facedet = ctx.results.get("facedet")
     face_model = facedet.model_path if facedet is not None and str(cfg.detect.get("backend", "mtcnn")) == "facedet" else None
     if face_model is not None:
