@@ -30,6 +30,16 @@ def test_encode_then_decode_recovers_boxes_and_classes():
         assert int(np.argmax(best.probs)) == c and best.score > 0.99
 
 
+def test_a_crowd_of_more_than_100_faces_decodes_whole():
+    # 150 faces of 12 px on a 15 x 10 grid (a test scene has 115): no default cap drops any.
+    boxes = np.array([[8 + 24 * i, 8 + 24 * j, 12, 12] for i in range(15) for j in range(10)], np.float32)
+    labels = np.arange(len(boxes)) % 3
+    target = facedet.encode(boxes, labels, (256, 384), 3)
+    output = np.concatenate([_logit(target[..., :3]), target[..., 3:7]], -1)
+    found = facedet.decode(output, scale=1.0, num_classes=3, min_score=0.5, per_class=True)
+    assert len(found) == 150 and sorted(d.label for d in found) == sorted(labels.tolist())
+
+
 def test_decode_maps_boxes_back_through_the_resize_and_clips_them():
     rgb = np.zeros((300, 400, 3), np.uint8)
     image, scale = facedet.letterbox(rgb, 512)
