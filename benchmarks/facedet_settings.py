@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--rows", default="all", choices=("all", "stored"))
     parser.add_argument("--peaks", default=None, choices=("class", "face"), help="in place of the stored decoding")
     parser.add_argument("--headroom", action="store_true", help="also: face AP and scenes_map50 with true labels")
+    parser.add_argument("--exclude", nargs="*", default=[], help="image names left out (e.g. the test split's 115-face crowd)")
     args = parser.parse_args()
 
     from detect_speed import held_out_items
@@ -51,10 +52,11 @@ def main() -> None:
         classifier.face_model = args.face_model
     if classifier.face_model is None:
         raise SystemExit(f"{args.model} carries no trained face detector (registered with detect=mtcnn)")
-    items = held_out_items(args.split)
+    items = [(path, truths) for path, truths in held_out_items(args.split) if path.name not in set(args.exclude)]
     stored = detector_kwargs({**classifier.settings, "backend": "facedet", "labels": "detector",
                               **({"peaks": args.peaks} if args.peaks else {})})
-    print(f"model {args.model}{'; detector ' + args.face_model if args.face_model else ''}; {len(items)} {args.split} scenes; stored: long_side {stored['long_side']}, "
+    print(f"model {args.model}{'; detector ' + args.face_model if args.face_model else ''}; {len(items)} {args.split} scenes"
+          f"{' (left out: ' + ', '.join(args.exclude) + ')' if args.exclude else ''}; stored: long_side {stored['long_side']}, "
           f"min_confidence {stored['min_confidence']}, flip {stored['flip']}, peaks {stored['peaks']}\n")
     grid = [(512, 0.05, False, "detector", "class"), (512, 0.1, False, "detector", "class"), (512, 0.2, False, "detector", "class"),
             (512, 0.3, False, "detector", "class"), (512, 0.1, False, "detector", "face"), (512, 0.1, False, "classifier", "face"),

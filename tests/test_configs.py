@@ -53,7 +53,9 @@ def test_detector_experiments_change_only_what_they_name(tmp_path):
     default = compose(tmp_path / "a", [])
     quick = compose(tmp_path / "b", ["experiment=quick_detector"])
     large = compose(tmp_path / "c", ["experiment=large_detector"])
-    assert quick.facedet.epochs < default.facedet.epochs  # a shorter training, same network
+    long = compose(tmp_path / "d", ["experiment=long_detector"])
+    assert quick.facedet.epochs < default.facedet.epochs < long.facedet.epochs  # training length only, same network
+    assert long.facedet == {**default.facedet, "epochs": long.facedet.epochs} and long.detect == default.detect
     assert quick.facedet.backbone == default.facedet.backbone == "mobilenetv2_035"
     assert large.facedet.backbone == "mobilenetv2" and large.facedet.epochs == default.facedet.epochs
     assert quick.detect == default.detect and large.detect == default.detect
