@@ -52,7 +52,8 @@ def main() -> None:
         classifier.face_model = args.face_model
     if classifier.face_model is None:
         raise SystemExit(f"{args.model} carries no trained face detector (registered with detect=mtcnn)")
-    items = [(path, truths) for path, truths in held_out_items(args.split) if path.name not in set(args.exclude)]
+    excluded = set(args.exclude)
+    items = [(path, truths) for path, truths in held_out_items(args.split) if path.name not in excluded]
     stored = detector_kwargs({**classifier.settings, "backend": "facedet", "labels": "detector",
                               **({"peaks": args.peaks} if args.peaks else {})})
     print(f"model {args.model}{'; detector ' + args.face_model if args.face_model else ''}; {len(items)} {args.split} scenes"
