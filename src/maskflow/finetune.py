@@ -23,7 +23,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from maskflow import backbones
-from maskflow.cache import atomic_write_json, digest, read_json
+from maskflow.cache import atomic_write_json, digest, read_json, sha256_file
 from maskflow.contracts import PreparedData, StageContext, TrainedModel, TunedHead
 from maskflow.datasets import balanced_class_weights, image_dataset, split_arrays
 
@@ -83,19 +83,24 @@ class _MlflowEpochLogger(keras.callbacks.Callback):
             mlflow.log_metrics({f"ft_{k}": float(v) for k, v in logs.items()}, step=epoch + 1)
 
 
+def cache_key(cfg: DictConfig, prepared: PreparedData, tuned: TunedHead, weights: backbones.ResolvedWeights) -> str:
+    """Digest of everything the fine-tuned model depends on. The head counts by its
+    content, not its path (which lies inside the cache), so a moved or copied cache
+    still finds its fine-tuned models."""
+    return digest({
+        "head": sha256_file(tuned.head_model), "hp": tuned.best_hyperparameters,
+        "data": prepared.digest, "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "train": OmegaConf.to_container(cfg.train, resolve=True), "seed": int(cfg.seed), "weights": weights.sha256,
+    })
+
+
 def run(cfg: DictConfig, ctx: StageContext) -> TrainedModel:
     import mlflow
 
     prepared: PreparedData = ctx.need("prepare")
     tuned: TunedHead = ctx.need("tune")
     weights = backbones.resolve_weights(cfg.model, list(cfg.paths.weights_dirs))
-    train = cfg.train
-    key = digest({
-        "head": str(tuned.head_model), "hp": tuned.best_hyperparameters,
-        "data": prepared.digest, "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "train": OmegaConf.to_container(train, resolve=True), "seed": int(cfg.seed), "weights": weights.sha256,
-    })
-    work = ctx.cache_dir / "finetune" / f"{cfg.model.name}-{key}"
+    work = ctx.cache_dir / "finetune" / f"{cfg.model.name}-{cache_key(cfg, prepared, tuned, weights)}"
     model_path, history_path = work / "model.keras", work / "history.json"
     size = int(cfg.model.input_size)
 

@@ -1,0 +1,39 @@
+"""The fine-tune stage's cache key."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import keras
+
+from maskflow.backbones import ResolvedWeights
+from maskflow.contracts import PreparedData, TunedHead
+from maskflow.finetune import cache_key
+
+from .conftest import compose
+
+
+def _tuned(head: Path) -> TunedHead:
+    return TunedHead(embeddings_dir=head.parent, head_model=head, best_hyperparameters={"units": 8}, best_score=0.9,
+                     objective="val_loss", weights_file=None)
+
+
+def test_key_follows_the_head_content_not_its_path(tmp_path):
+    """A copied or moved cache must still find its fine-tuned model (the head's path lies
+    inside the cache), while a different head must not."""
+    cfg = compose(tmp_path / "conf", [])
+    prepared = PreparedData(manifest=tmp_path / "m.csv", report=tmp_path / "r.json", classes=("a", "b"), digest="d", counts={})
+    weights = ResolvedWeights(argument=None, file=None, sha256=None, origin="random")
+    head = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="out")])
+    (tmp_path / "cache" / "tune").mkdir(parents=True)
+    original = tmp_path / "cache" / "tune" / "head.keras"
+    head.save(original)
+    copied = tmp_path / "moved" / "tune" / "head.keras"
+    copied.parent.mkdir(parents=True)
+    shutil.copy2(original, copied)
+    key = cache_key(cfg, prepared, _tuned(original), weights)
+    assert cache_key(cfg, prepared, _tuned(copied), weights) == key
+    head.get_layer("out").set_weights([w + 1.0 for w in head.get_layer("out").get_weights()])
+    head.save(copied)
+    assert cache_key(cfg, prepared, _tuned(copied), weights) != key
