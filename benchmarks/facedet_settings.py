@@ -1,14 +1,16 @@
 """How the facedet settings in conf/detect/facedet.yaml were chosen (detect=facedet).
 
     python benchmarks/facedet_settings.py [--model models:/maskflow@champion] [--split val]
-        [--face-model cache/facedet/<backbone>-<key>/facedet.keras] [--rows all|stored]
+        [--face-model cache/facedet/<backbone>-<key>/facedet.keras] [--rows all|stored] [--zoom-side 640 --stills-flip]
 
 The registered model's trained detector alone (its own labels) on mask-scenes-853's
 ``--split`` (val by default: choose settings there, then report test once), split as the
 pipeline splits it, over a grid of input size (``long_side``), kept face score
 (``min_confidence``), mirrored-frame averaging (``flip``), label source (``labels``:
 the detector's class maps, the crop classifier, or the mean of both) and decoding
-(``peaks``: a box per peak of each class map, or one per face). Prints detection
+(``peaks``: a box per peak of each class map, or one per face) and the extra effort on
+still images (``stills``: a zoomed second pass for small faces, mirrored averaging;
+``--zoom-side``/``--zoom-face``/``--stills-flip`` replace the stored ones). Prints detection
 recall/precision, accuracy over matched faces, per-class AP, scenes_map50 over the three
 scene classes, the same mean over with/without mask only, and ms per scene.
 ``--face-model`` scores another trained detector (a facedet stage output, e.g. of
@@ -39,6 +41,9 @@ def main() -> None:
     parser.add_argument("--peaks", default=None, choices=("class", "face"), help="in place of the stored decoding")
     parser.add_argument("--headroom", action="store_true", help="also: face AP and scenes_map50 with true labels")
     parser.add_argument("--exclude", nargs="*", default=[], help="image names left out (e.g. the test split's 115-face crowd)")
+    parser.add_argument("--zoom-side", type=int, default=None, help="stills: zoomed pass's long side, in place of the stored (0: off)")
+    parser.add_argument("--zoom-face", type=float, default=None, help="stills: faces under this many px come from the zoomed pass")
+    parser.add_argument("--stills-flip", action=argparse.BooleanOptionalAction, default=None, help="stills: mirrored image averaged in")
     args = parser.parse_args()
 
     from detect_speed import held_out_items
@@ -56,26 +61,36 @@ def main() -> None:
     items = [(path, truths) for path, truths in held_out_items(args.split) if path.name not in excluded]
     stored = detector_kwargs({**classifier.settings, "backend": "facedet", "labels": "detector",
                               **({"peaks": args.peaks} if args.peaks else {})})
+    given = {"zoom_side": args.zoom_side, "zoom_face": args.zoom_face, "still_flip": args.stills_flip}
+    stored.update({k: (v or None) if k == "zoom_side" else v for k, v in given.items() if v is not None})
     print(f"model {args.model}{'; detector ' + args.face_model if args.face_model else ''}; {len(items)} {args.split} scenes"
           f"{' (left out: ' + ', '.join(args.exclude) + ')' if args.exclude else ''}; stored: long_side {stored['long_side']}, "
-          f"min_confidence {stored['min_confidence']}, flip {stored['flip']}, peaks {stored['peaks']}\n")
-    grid = [(512, 0.05, False, "detector", "class"), (512, 0.1, False, "detector", "class"), (512, 0.2, False, "detector", "class"),
-            (512, 0.3, False, "detector", "class"), (512, 0.1, False, "detector", "face"), (512, 0.1, False, "classifier", "face"),
-            (512, 0.1, False, "fuse", "face"), (512, 0.1, True, "detector", "class"), (640, 0.1, False, "detector", "class"),
-            (416, 0.1, False, "detector", "class"), (384, 0.1, False, "detector", "class"), (320, 0.1, False, "detector", "class")]
+          f"min_confidence {stored['min_confidence']}, flip {stored['flip']}, peaks {stored['peaks']}, "
+          f"stills: zoom_side {stored['zoom_side']}, zoom_face {stored['zoom_face']}, flip {stored['still_flip']}\n")
+    # (long_side, min_confidence, flip, labels, peaks, stills zoom_side, stills flip)
+    grid = [(512, 0.05, False, "detector", "class", None, False), (512, 0.1, False, "detector", "class", None, False),
+            (512, 0.2, False, "detector", "class", None, False), (512, 0.3, False, "detector", "class", None, False),
+            (512, 0.1, False, "detector", "face", None, False), (512, 0.1, False, "classifier", "face", None, False),
+            (512, 0.1, False, "fuse", "face", None, False), (512, 0.1, True, "detector", "class", None, False),
+            (640, 0.1, False, "detector", "class", None, False), (416, 0.1, False, "detector", "class", None, False),
+            (384, 0.1, False, "detector", "class", None, False), (320, 0.1, False, "detector", "class", None, False),
+            (416, 0.1, True, "detector", "class", None, False), (416, 0.1, False, "detector", "class", 640, False),
+            (416, 0.1, False, "detector", "class", 640, True), (416, 0.1, False, "detector", "class", 832, True)]
     if args.rows == "stored":
-        grid = [(stored["long_side"], stored["min_confidence"], stored["flip"], stored["labels"], stored["peaks"])]
-    print("| long_side | min_confidence | flip | labels | peaks | recall | precision | accuracy (matched) | AP incorrect | AP with "
-          "| AP without | scenes_map50 | mean AP with/without | ms/scene |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for side, conf, flip, labels, peaks in grid:
+        grid = [(stored["long_side"], stored["min_confidence"], stored["flip"], stored["labels"], stored["peaks"],
+                 stored["zoom_side"], stored["still_flip"])]
+    print("| long_side | min_confidence | flip | labels | peaks | stills: zoom_side, flip | recall | precision | accuracy (matched) "
+          "| AP incorrect | AP with | AP without | scenes_map50 | mean AP with/without | ms/scene |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for side, conf, flip, labels, peaks, zoom, still_flip in grid:
         detector = Detector(classifier, **{**stored, "long_side": side, "min_confidence": conf, "flip": flip, "labels": labels,
-                                           "peaks": peaks})
+                                           "peaks": peaks, "zoom_side": zoom, "still_flip": still_flip})
         started = time.perf_counter()
         m = run_scenes(detector, items)["metrics"]
         ms = (time.perf_counter() - started) / len(items) * 1000
         ap = [m.get(f"scenes_ap50_{c}", float("nan")) for c in ("mask_weared_incorrect", "with_mask", "without_mask")]
-        print(f"| {side} | {conf} | {'yes' if flip else 'no'} | {labels} | {peaks} | {m['scenes_det_recall']:.3f} | {m['scenes_det_precision']:.3f} | "
+        print(f"| {side} | {conf} | {'yes' if flip else 'no'} | {labels} | {peaks} | {zoom or 'no'}, {'yes' if still_flip else 'no'} "
+              f"| {m['scenes_det_recall']:.3f} | {m['scenes_det_precision']:.3f} | "
               f"{m['scenes_cls_accuracy']:.3f} | {ap[0]:.3f} | {ap[1]:.3f} | {ap[2]:.3f} | {m['scenes_map50']:.3f} | "
               f"{(ap[1] + ap[2]) / 2:.3f} | {ms:.0f} |", flush=True)
     if args.headroom:

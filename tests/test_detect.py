@@ -55,3 +55,24 @@ def test_annotate_draws_only_faces_above_the_display_threshold():
     # A second, less likely label of the same face (per-class peaks) is not drawn over the first.
     runner_up = {**high, "label": "without_mask", "score": 0.3}
     assert np.array_equal(annotate(rgb, [high, runner_up], min_score=0.3), drawn)
+
+
+def test_stills_settings_come_from_the_model_and_the_command_line_overrides_them(tmp_path):
+    import argparse
+
+    import keras
+
+    from maskflow.detect import add_detector_args, detector_settings
+
+    model = keras.models.load_model(tiny_keras_model(tmp_path / "m.keras"))
+    parser = argparse.ArgumentParser()
+    add_detector_args(parser)
+    stored = {"backend": "facedet", "stills": {"zoom_side": 640, "zoom_face": 24, "flip": True}}
+    with_stills = Classifier(model, ["with_mask", "without_mask"], 32, settings=stored)
+    chosen = detector_settings(parser.parse_args([]), with_stills)
+    assert (chosen["zoom_side"], chosen["zoom_face"], chosen["still_flip"]) == (640, 24.0, True)
+    off = detector_settings(parser.parse_args(["--zoom-side", "0", "--no-stills-flip"]), with_stills)
+    assert (off["zoom_side"], off["zoom_face"], off["still_flip"]) == (None, 24.0, False)
+    # A version registered before stills settings existed keeps its single pass.
+    older = detector_settings(parser.parse_args([]), Classifier(model, ["with_mask", "without_mask"], 32, settings={"backend": "facedet"}))
+    assert (older["zoom_side"], older["still_flip"]) == (None, False)

@@ -131,6 +131,13 @@ def test_small_real_model_learns_and_runs_inside_the_detector():
     assert {tuple(r["box"]) for r in per_face(Frame("scene.png", 0, items[0][0], False))} <= {tuple(r["box"]) for r in hypotheses}
     crops = Detector(classifier, backend="facedet", long_side=128, labels="classifier", min_confidence=0.0, peaks="class")
     assert [r["box"] for r in crops(Frame("scene.png", 0, items[0][0], False))] == [r["box"] for r in relabelled]
+    # Stills settings (a zoomed pass, mirrored averaging) change still images only: a
+    # video frame gets the one pass it got before.
+    stills = Detector(classifier, backend="facedet", long_side=128, labels="detector", min_confidence=0.0, zoom_side=256,
+                      still_flip=True)
+    assert stills(Frame("clip.mp4", 0, items[0][0], True)) == records
+    still = stills(Frame("scene.png", 0, items[0][0], False))
+    assert still and still != records and all(r["label"] in ("red", "grey") and 0 <= r["score"] <= 1 for r in still)
 
 
 def test_fused_probabilities_average_over_the_union_of_classes():
@@ -214,3 +221,23 @@ def test_box_targets_spread_to_cells_around_the_centre_and_still_decode_the_same
     # Each centre cell keeps its own face (the small one claims (10, 10) too, as a neighbour).
     assert np.allclose(np.exp(target[11, 11, 2:4]) * 4, (10, 10)) and np.allclose(np.exp(target[10, 10, 2:4]) * 4, (48, 48))
     assert np.array_equal(facedet.encode(boxes, np.array([0, 1]), (96, 96), 2)[..., :2], target[..., :2])  # heatmaps unchanged
+
+
+def _det(box, label, score, p=0.9):
+    probs = [p, 1 - p] if label == 0 else [1 - p, p]
+    return facedet.Detection(box=box, score=score, probs=tuple(probs), label=label)
+
+
+def test_zoomed_pass_gives_the_small_faces_and_the_base_pass_the_large_ones():
+    base = [_det((0, 0, 80, 80), 0, 0.9), _det((100, 100, 28, 28), 0, 0.5), _det((200, 0, 8, 8), 1, 0.3)]
+    zoomed = [_det((1, 1, 90, 90), 0, 0.95), _det((101, 101, 27, 27), 0, 0.8), _det((300, 0, 9, 9), 1, 0.6),
+              _det((102, 100, 28, 28), 1, 0.4)]
+    merged = facedet.merge_zoomed(base, zoomed, zoom_face=32)
+    boxes = [d.box for d in merged]
+    assert (0, 0, 80, 80) in boxes and (1, 1, 90, 90) not in boxes  # large: base pass only
+    assert (300, 0, 9, 9) in boxes and (200, 0, 8, 8) not in boxes  # small: zoomed pass only
+    # In the band both report (24-32 px), one box per face and class, the higher ranked:
+    assert (101, 101, 27, 27) in boxes and (100, 100, 28, 28) not in boxes
+    assert (102, 100, 28, 28) in boxes  # the same face's other class stays (per-class peaks)
+    ranks = [d.score * d.probs[d.label] for d in merged]
+    assert ranks == sorted(ranks, reverse=True)

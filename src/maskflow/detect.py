@@ -184,7 +184,8 @@ class Detector:
                  min_confidence: float = 0.8, margin: float = 0.2, detect_every: int = 1,
                  thresholds: Sequence[float] = (0.6, 0.7, 0.8), box_calibration: dict | None = None,
                  backend: str = "mtcnn", long_side: int = 512, labels: str = "classifier", flip: bool = False,
-                 nms_iou: float | None = None, peaks: str = "face") -> None:
+                 nms_iou: float | None = None, peaks: str = "face", still_flip: bool = False, zoom_side: int | None = None,
+                 zoom_face: float = 32.0) -> None:
         self.classifier = classifier
         self.faces_only = faces_only
         self.backend = backend
@@ -202,7 +203,8 @@ class Detector:
             # Per-class peaks name their class, so they only make sense with the detector's labels.
             self.detector = TrainedFaceDetector(classifier.face_model, classifier.face_classes, long_side,
                                                 min_score=min_confidence, flip=flip, nms_iou=nms_iou,
-                                                per_class=peaks == "class" and self.labels == "detector")
+                                                per_class=peaks == "class" and self.labels == "detector",
+                                                still_flip=still_flip, zoom_side=zoom_side, zoom_face=zoom_face)
         elif backend == "mtcnn":
             self.detector = FaceDetector(min_face_size=min_face, max_side=max_side, thresholds=thresholds)
         else:
@@ -237,7 +239,11 @@ class Detector:
         h, w = frame.rgb.shape[:2]
         if self.faces_only:
             return [Face((0, 0, w, h), 1.0)]
-        return [f for f in self.detector.detect(frame.rgb) if f.score >= self.min_confidence]
+        if self.backend == "facedet":  # a still image gets the stills settings (zoomed pass, flip)
+            found = self.detector.detect(frame.rgb, still=not frame.is_video)
+        else:
+            found = self.detector.detect(frame.rgb)
+        return [f for f in found if f.score >= self.min_confidence]
 
     def label(self, frame: Frame, faces: list[Face] | None) -> list[dict]:
         """Classify the found faces in one batch (None: repeat the last labelled frame's)."""
@@ -381,7 +387,14 @@ def detector_kwargs(settings: dict) -> dict:
             "backend": str(settings.get("backend") or "mtcnn"), "long_side": int(settings.get("long_side") or 512),
             "labels": str(settings.get("labels") or "classifier"), "flip": bool(settings.get("flip", False)),
             "nms_iou": None if settings.get("nms_iou") is None else float(settings["nms_iou"]),
-            "peaks": str(settings.get("peaks") or "face")}
+            "peaks": str(settings.get("peaks") or "face"), **stills_kwargs(settings.get("stills") or {})}
+
+
+def stills_kwargs(stills: dict) -> dict:
+    """facedet's extra effort on still images (conf/detect ``stills``); absent: none."""
+    return {"still_flip": bool(stills.get("flip", False)),
+            "zoom_side": int(stills["zoom_side"]) if stills.get("zoom_side") else None,
+            "zoom_face": float(stills.get("zoom_face") or 32.0)}
 
 
 def add_detector_args(parser: argparse.ArgumentParser) -> None:
@@ -393,6 +406,10 @@ def add_detector_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--long-side", type=int, default=None, help="facedet: frames are resized to this long side")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                         help="facedet: also run the mirrored frame and average (more accurate, 2x the cost)")
+    parser.add_argument("--zoom-side", type=int, default=None,
+                        help="facedet, still images: a second pass at this long side for small faces (0: off)")
+    parser.add_argument("--stills-flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="facedet, still images: also run the mirrored image and average")
     parser.add_argument("--peaks", choices=("class", "face"), default=None,
                         help="facedet: a box per peak of each class map (a face may carry a second, lower-ranked "
                              "label) | one box per face, its most likely class")
@@ -406,7 +423,9 @@ def detector_settings(args: argparse.Namespace, classifier: Classifier) -> dict:
     given = {"max_side": args.max_side, "min_face": args.min_face, "min_confidence": args.min_confidence,
              "backend": args.backend, "labels": args.labels, "long_side": args.long_side, "flip": args.flip,
              "peaks": args.peaks}
-    return detector_kwargs({**classifier.settings, **{k: v for k, v in given.items() if v is not None}})
+    stills = {**(classifier.settings.get("stills") or {}),
+              **{k: v for k, v in {"zoom_side": args.zoom_side, "flip": args.stills_flip}.items() if v is not None}}
+    return detector_kwargs({**classifier.settings, **{k: v for k, v in given.items() if v is not None}, "stills": stills})
 
 
 def _write(out: Path, frame: Frame, bgr: np.ndarray, writers: dict[str, cv2.VideoWriter]) -> None:

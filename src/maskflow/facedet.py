@@ -42,12 +42,17 @@ class Detection:
 @keras.saving.register_keras_serializable(package="maskflow")
 class Upsample2x(keras.layers.Layer):
     """Bilinear 2x upsampling that traces with unknown frame sizes (Keras' UpSampling2D
-    bilinear needs static ones, so one compiled graph could not serve every frame)."""
+    bilinear needs static ones, so one compiled graph could not serve every frame).
+    Other Keras backends (JAX, used to train on a GPU machine without TensorFlow) trace
+    with static sizes, so ``keras.ops`` does there."""
 
     def call(self, x):
-        import tensorflow as tf
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
 
-        return tf.image.resize(x, tf.shape(x)[1:3] * 2, method="bilinear")
+            return tf.image.resize(x, tf.shape(x)[1:3] * 2, method="bilinear")
+        _, h, w, _ = keras.ops.shape(x)
+        return keras.ops.image.resize(x, (2 * h, 2 * w), interpolation="bilinear")
 
 
 def build_model(num_classes: int, backbone, feature_layers: Sequence[str], width: int = 64):
@@ -113,21 +118,22 @@ def encode(boxes: np.ndarray, labels: np.ndarray, shape: tuple[int, int], num_cl
 
 def loss_fn(num_classes: int, size_weight: float = 1.0):
     """Penalty-reduced focal loss on the heatmaps (per face centre in the batch) + L1 on
-    size and offset (weighted mean over the cells with box targets)."""
-    import tensorflow as tf
+    size and offset (weighted mean over the cells with box targets). ``keras.ops`` only,
+    so it trains under any Keras backend."""
+    ops = keras.ops
 
     def loss(y_true, y_pred):
         heat_true, heat_logit = y_true[..., :num_classes], y_pred[..., :num_classes]
-        heat = tf.clip_by_value(tf.sigmoid(heat_logit), 1e-4, 1 - 1e-4)
-        pos = tf.cast(tf.equal(heat_true, 1.0), tf.float32)
-        pos_loss = -tf.math.log(heat) * (1 - heat) ** 2 * pos
-        neg_loss = -tf.math.log(1 - heat) * heat ** 2 * (1 - heat_true) ** 4 * (1 - pos)
+        heat = ops.clip(ops.sigmoid(heat_logit), 1e-4, 1 - 1e-4)
+        pos = ops.cast(ops.equal(heat_true, 1.0), "float32")
+        pos_loss = -ops.log(heat) * (1 - heat) ** 2 * pos
+        neg_loss = -ops.log(1 - heat) * heat ** 2 * (1 - heat_true) ** 4 * (1 - pos)
         weight = y_true[..., -1:]  # box targets' weight per cell (1 at face centres)
-        focal = (tf.reduce_sum(pos_loss) + tf.reduce_sum(neg_loss)) / tf.maximum(tf.reduce_sum(pos), 1.0)
-        reg = tf.abs(y_true[..., num_classes:num_classes + 4] - y_pred[..., num_classes:]) * weight
-        total_weight = tf.maximum(tf.reduce_sum(weight), 1.0)
-        size = tf.reduce_sum(reg[..., :2]) / total_weight
-        offset = tf.reduce_sum(reg[..., 2:]) / total_weight
+        focal = (ops.sum(pos_loss) + ops.sum(neg_loss)) / ops.maximum(ops.sum(pos), 1.0)
+        reg = ops.abs(y_true[..., num_classes:num_classes + 4] - y_pred[..., num_classes:]) * weight
+        total_weight = ops.maximum(ops.sum(weight), 1.0)
+        size = ops.sum(reg[..., :2]) / total_weight
+        offset = ops.sum(reg[..., 2:]) / total_weight
         return focal + size_weight * size + offset
 
     return loss
@@ -270,12 +276,41 @@ def merge_flipped(output: np.ndarray, mirrored: np.ndarray, num_classes: int) ->
     return merged
 
 
+def merge_zoomed(base: Sequence[Detection], zoomed: Sequence[Detection], zoom_face: float, overlap: float = 0.5) -> list[Detection]:
+    """One frame's detections from two input sizes: faces under ``zoom_face`` px (long
+    side, original pixels) from the zoomed pass, faces of at least 3/4 of that from the
+    base pass; where both report a face of the same class (IoU above ``overlap``) in
+    that band, the higher ranked box stays. Highest first."""
+    from maskflow.evaluate_scenes import iou
+
+    def rank(d: Detection) -> float:  # as scored: face score x class probability
+        return d.score * d.probs[_class_of(d)]
+
+    pool = [d for d in base if max(d.box[2:]) >= 0.75 * zoom_face] + [d for d in zoomed if max(d.box[2:]) < zoom_face]
+    kept: list[Detection] = []
+    for d in sorted(pool, key=rank, reverse=True):
+        if all(_class_of(k) != _class_of(d) or iou(d.box, k.box) <= overlap for k in kept):
+            kept.append(d)
+    return kept
+
+
+def _class_of(d: Detection) -> int:
+    return d.label if d.label is not None else int(np.argmax(d.probs))
+
+
 class TrainedFaceDetector:
     """The trained detector at run time: ``detect(rgb) -> [Face]`` like
-    :class:`maskflow.faces.FaceDetector`, each face with its class probabilities."""
+    :class:`maskflow.faces.FaceDetector`, each face with its class probabilities.
+
+    ``detect(rgb, still=True)`` spends more on a still image than a video frame can
+    afford: ``still_flip`` averages the mirrored frame in, and ``zoom_side`` adds a pass at
+    that larger long side for the faces under ``zoom_face`` px (:func:`merge_zoomed`):
+    faces of a few pixels in a crowd are found better upscaled, larger ones at the
+    size the detector was trained around."""
 
     def __init__(self, model, classes: Sequence[str], long_side: int = 512, min_score: float = 0.05, flip: bool = False,
-                 nms_iou: float | None = None, per_class: bool = False) -> None:
+                 nms_iou: float | None = None, per_class: bool = False, still_flip: bool = False,
+                 zoom_side: int | None = None, zoom_face: float = 32.0) -> None:
         import tensorflow as tf
 
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
@@ -287,24 +322,32 @@ class TrainedFaceDetector:
         self.flip = bool(flip)  # also run the mirrored frame and average the maps (2x cost)
         self.nms_iou = None if nms_iou is None else float(nms_iou)
         self.per_class = bool(per_class)  # one box per peak of each class map (see decode)
+        self.still_flip = bool(still_flip)
+        self.zoom_side = int(zoom_side) if zoom_side else None
+        self.zoom_face = float(zoom_face)
         self._call = tf.function(lambda x: model(x, training=False),
                                  input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
 
-    def detect(self, rgb: np.ndarray) -> list:
+    def detect(self, rgb: np.ndarray, still: bool = False) -> list:
         from maskflow.faces import Face
 
-        h, w = rgb.shape[:2]
-        if min(h, w) < 2:
+        if min(rgb.shape[:2]) < 2:
             return []
-        image, scale = letterbox(rgb, self.long_side)
-        if self.flip:
+        flip = self.flip or (still and self.still_flip)
+        found = self._detections(rgb, self.long_side, flip)
+        if still and self.zoom_side:
+            found = merge_zoomed(found, self._detections(rgb, self.zoom_side, flip), self.zoom_face)
+        return [Face(box=d.box, score=d.score, probs=d.probs, label=d.label) for d in found]
+
+    def _detections(self, rgb: np.ndarray, long_side: int, flip: bool) -> list[Detection]:
+        image, scale = letterbox(rgb, long_side)
+        if flip:
             both = self._call(np.stack([image, image[:, ::-1]]).astype(np.float32)).numpy()
             output = merge_flipped(both[0], both[1], len(self.classes))
         else:
             output = self._call(image[None].astype(np.float32))[0].numpy()
-        found = decode(output, scale, len(self.classes), min_score=self.min_score, image_shape=(h, w), nms_iou=self.nms_iou,
-                       per_class=self.per_class)
-        return [Face(box=d.box, score=d.score, probs=d.probs, label=d.label) for d in found]
+        return decode(output, scale, len(self.classes), min_score=self.min_score, image_shape=rgb.shape[:2],
+                      nms_iou=self.nms_iou, per_class=self.per_class)
 
 
 # ---- stage ``facedet``: train the detector on a VOC scene set's train split ------------
@@ -474,13 +517,15 @@ def _validate(cfg, model_path, classes: Sequence[str], items) -> dict:
     from maskflow.evaluate_scenes import score_scenes
 
     detect = cfg.detect
+    stills = detect.get("stills") or {}
     detector = TrainedFaceDetector(model_path, classes, int(detect.long_side), min_score=float(detect.min_confidence),
                                    flip=bool(detect.get("flip", False)), nms_iou=detect.get("nms_iou"),
-                                   per_class=str(detect.get("peaks", "face")) == "class")
+                                   per_class=str(detect.get("peaks", "face")) == "class", still_flip=bool(stills.get("flip", False)),
+                                   zoom_side=stills.get("zoom_side"), zoom_face=float(stills.get("zoom_face", 32)))
     results = []
     for rgb, boxes, labels in _load(items, classes)[0]:
         preds = [{"box": list(f.box), "label": classes[f.class_index()], "score": f.probs[f.class_index()], "detector_score": f.score}
-                 for f in detector.detect(rgb)]
+                 for f in detector.detect(rgb, still=True)]
         results.append((preds, [(classes[c], tuple(b)) for c, b in zip(labels, boxes)]))
     val = score_scenes(results, classes)["metrics"]
     logging.getLogger(__name__).info("facedet: val scenes_map50 %.4f, recall %.4f, precision %.4f (%d scenes)",
