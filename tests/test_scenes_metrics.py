@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from maskflow.evaluate_scenes import average_precision, headroom, iou, score_scenes
+from maskflow.evaluate_scenes import average_precision, bootstrap_map50, headroom, iou, score_scenes
 
 from .conftest import SCENES, needs_shared
 
@@ -53,6 +53,20 @@ def test_headroom_separates_finding_faces_from_labelling_them():
     assert gaps["face_ap30"] == pytest.approx(1.0)  # ... but is at 0.3
     assert gaps["map50_true_labels"] == pytest.approx((0.5 + 1.0) / 2)  # with_mask: 1 of 2 faces, without: 1 of 1
     assert preds[0]["label"] == "without_mask"  # the caller's predictions are left as they were
+
+
+def test_bootstrap_interval_brackets_the_score_and_shows_how_uneven_the_scenes_are():
+    classes = ["with_mask", "without_mask"]
+    found = ([_face((0, 0, 20, 20), "with_mask"), _face((100, 0, 20, 20), "without_mask")],
+             [("with_mask", (0, 0, 20, 20)), ("without_mask", (100, 0, 20, 20))])
+    missed = ([_face((300, 300, 20, 20), "with_mask")], [("with_mask", (0, 0, 20, 20)), ("without_mask", (100, 0, 20, 20))])
+    alike = [found] * 8
+    assert bootstrap_map50(alike, classes) == (1.0, 1.0)  # every resample is the same scenes: no spread
+    mixed = [found] * 6 + [missed] * 2
+    point = score_scenes(mixed, classes)["metrics"]["scenes_map50"]
+    low, high = bootstrap_map50(mixed, classes)
+    assert low < point < high and low < 0.8  # two bad scenes in eight move the score a lot
+    assert bootstrap_map50(mixed, classes) == (low, high)  # seeded: the same interval every time
 
 
 def test_unknown_truth_classes_are_ignored_and_counted():

@@ -276,7 +276,7 @@ def _scenes(cfg: DictConfig, ctx: StageContext, model, size: int, classes: list[
     face_model = facedet.model_path if facedet is not None else None
     classifier = Classifier(model, classes, size, face_model=face_model, face_classes=facedet.classes if face_model else ())
     detector = Detector(classifier, **detector_kwargs(OmegaConf.to_container(cfg.detect, resolve=True)))
-    scored = run_scenes(detector, items, out / "scenes_predictions.jsonl")
+    scored = run_scenes(detector, items, out / "scenes_predictions.jsonl", resamples=int(sc.get("bootstrap", 0)))
     atomic_write_json(out / "scenes_metrics.json", scored)
     log.info("evaluate: scenes (%d %s images of %s): %s", len(items), sc.split, sc.data,
              {k: round(v, 4) for k, v in scored["metrics"].items()})
