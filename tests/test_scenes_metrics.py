@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from maskflow.evaluate_scenes import average_precision, bootstrap_map50, headroom, iou, score_scenes
+from maskflow.evaluate_scenes import (average_precision, bootstrap_map50, compare, headroom, iou, paired_bootstrap,
+                                      score_scenes, voc_items)
 
 from .conftest import SCENES, needs_shared
 
@@ -67,6 +68,35 @@ def test_bootstrap_interval_brackets_the_score_and_shows_how_uneven_the_scenes_a
     low, high = bootstrap_map50(mixed, classes)
     assert low < point < high and low < 0.8  # two bad scenes in eight move the score a lot
     assert bootstrap_map50(mixed, classes) == (low, high)  # seeded: the same interval every time
+
+
+def test_paired_bootstrap_tells_a_better_setting_from_an_equal_one():
+    classes = ["with_mask", "without_mask"]
+    truths = [("with_mask", (0, 0, 20, 20)), ("without_mask", (100, 0, 20, 20))]
+    found = ([_face((0, 0, 20, 20), "with_mask"), _face((100, 0, 20, 20), "without_mask")], truths)
+    half = ([_face((0, 0, 20, 20), "with_mask")], truths)
+    better, worse = [found] * 8, [found] * 6 + [half] * 2
+    paired = paired_bootstrap(better, worse, classes)
+    assert paired["delta"] > 0 and paired["delta_ci95_low"] >= 0.0  # never worse on any resample
+    assert 0.5 < paired["a_higher"] < 1.0  # resamples without the two weaker scenes tie
+    same = paired_bootstrap(worse, worse, classes)
+    assert (same["delta"], same["delta_ci95_low"], same["delta_ci95_high"], same["a_higher"]) == (0.0, 0.0, 0.0, 0.0)
+    with pytest.raises(ValueError):
+        paired_bootstrap(better, worse[:-1], classes)
+
+
+@needs_shared
+def test_compare_scores_two_prediction_files_on_the_annotations(tmp_path):
+    import json
+
+    items = voc_items(SCENES)[:4]
+    perfect = tmp_path / "a.jsonl"
+    perfect.write_text("".join(json.dumps({"source": str(path), "frame": 0, "faces": [_face(box, label) for label, box in truths]}) + "\n"
+                               for path, truths in items))
+    empty = tmp_path / "b.jsonl"
+    empty.write_text("".join(json.dumps({"source": f"elsewhere/{path.name}", "frame": 0, "faces": []}) + "\n" for path, _ in items))
+    result = compare(SCENES, perfect, empty, ["mask_weared_incorrect", "with_mask", "without_mask"], resamples=50)
+    assert result["images"] == 4 and result["delta"] == pytest.approx(1.0) and result["a_higher"] == 1.0
 
 
 def test_unknown_truth_classes_are_ignored_and_counted():

@@ -9,6 +9,11 @@ ground-truth boxes at IoU >= 0.5. Reported: detection precision/recall, per-clas
 detector score x class score), ``scenes_map50`` (mean over classes present), accuracy of
 the classifier over matched faces, a confusion matrix with "missed" and "spurious", and
 the 95% bootstrap interval of ``scenes_map50`` over the images (``--bootstrap``).
+
+    python -m maskflow.evaluate_scenes DIR --compare A.jsonl B.jsonl
+
+scores two saved prediction files on the same images, paired (:func:`paired_bootstrap`):
+is setting A really better than B on this split?
 The evaluate stage runs the same code on the held-out scene split.
 """
 
@@ -161,6 +166,44 @@ def bootstrap_map50(results: list[tuple[list[dict], list[tuple[str, tuple]]]], c
     return float(low), float(high)
 
 
+def paired_bootstrap(a: list[tuple[list[dict], list[tuple[str, tuple]]]], b: list[tuple[list[dict], list[tuple[str, tuple]]]],
+                     classes: Sequence[str], resamples: int = 500, level: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """Two prediction sets on the same images (aligned), resampled together: ``scenes_map50``
+    of ``a`` minus that of ``b``, its interval, and the share of resamples where ``a``
+    scores higher. Pairing removes what both share (which scenes are hard), so it
+    separates two settings far better than their two intervals do."""
+    if len(a) != len(b):
+        raise ValueError(f"paired scoring needs the same images: {len(a)} against {len(b)}")
+    rng = np.random.default_rng(seed)
+    deltas = []
+    for _ in range(resamples):
+        idx = rng.integers(len(a), size=len(a))
+        deltas.append(score_scenes([a[i] for i in idx], classes)["metrics"]["scenes_map50"]
+                      - score_scenes([b[i] for i in idx], classes)["metrics"]["scenes_map50"])
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(deltas, [tail, 100 - tail])
+    return {"delta": score_scenes(a, classes)["metrics"]["scenes_map50"] - score_scenes(b, classes)["metrics"]["scenes_map50"],
+            "delta_ci95_low": float(low), "delta_ci95_high": float(high), "a_higher": float(np.mean(np.array(deltas) > 0))}
+
+
+def _predictions_by_image(jsonl: Path) -> dict[str, list[dict]]:
+    """Image name -> faces, from JSON lines of ``maskflow.detect --jsonl`` (or an evaluate run)."""
+    rows = [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()]
+    return {Path(r["source"]).name: r["faces"] for r in rows if r.get("frame", 0) == 0}
+
+
+def compare(folder: Path, jsonl_a: Path, jsonl_b: Path, classes: Sequence[str], resamples: int = 500) -> dict[str, float]:
+    """:func:`paired_bootstrap` of two JSON-lines prediction files against ``folder``'s
+    annotations, over the images both files cover."""
+    a, b = _predictions_by_image(jsonl_a), _predictions_by_image(jsonl_b)
+    names = sorted(set(a) & set(b))
+    items = voc_items(Path(folder), set(names))
+    truths = {Path(path).name: t for path, t in items}
+    names = [n for n in names if n in truths]
+    pairs = paired_bootstrap([(a[n], truths[n]) for n in names], [(b[n], truths[n]) for n in names], classes, resamples)
+    return {"images": float(len(names)), **pairs}
+
+
 def run_scenes(detector, items: Sequence[tuple[Path, list[tuple[str, tuple]]]], jsonl: Path | None = None,
                resamples: int = 0) -> dict:
     """Detect and classify each scene image; score against its annotations. With
@@ -266,9 +309,17 @@ def main(argv: list[str] | None = None) -> int:
     add_detector_args(parser)
     parser.add_argument("--out", type=Path, default=None, help="write metrics.json and predictions.jsonl here")
     parser.add_argument("--bootstrap", type=int, default=200, help="resamples for scenes_map50's 95%% interval (0: none)")
+    parser.add_argument("--compare", type=Path, nargs=2, metavar=("A.jsonl", "B.jsonl"), default=None,
+                        help="no detection: score two prediction files (detect --jsonl, or an evaluate run's "
+                             "scenes_predictions.jsonl) on the same images, paired: A's scenes_map50 minus B's")
+    parser.add_argument("--classes", nargs="+", default=["mask_weared_incorrect", "with_mask", "without_mask"],
+                        help="with --compare: the classes scored")
     parser.add_argument("--fit-boxes", action="store_true",
                         help="fit detect.box_calibration on these scenes (use a train split) and print it")
     args = parser.parse_args(argv)
+    if args.compare:
+        print(json.dumps(compare(args.folder, *args.compare, args.classes, resamples=max(args.bootstrap, 1)), indent=1))
+        return 0
     names = None
     if args.manifest and args.split != "all":
         from maskflow.prepare import read_manifest
