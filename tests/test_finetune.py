@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import keras
@@ -21,7 +22,8 @@ def _tuned(head: Path) -> TunedHead:
 
 def test_key_follows_the_head_content_not_its_path(tmp_path):
     """A copied or moved cache must still find its fine-tuned model (the head's path lies
-    inside the cache), while a different head must not."""
+    inside the cache), and so must the next run, which saves the same head again (tune
+    does, and a .keras file records its save time), while a different head must not."""
     cfg = compose(tmp_path / "conf", [])
     prepared = PreparedData(manifest=tmp_path / "m.csv", report=tmp_path / "r.json", classes=("a", "b"), digest="d", counts={})
     weights = ResolvedWeights(argument=None, file=None, sha256=None, origin="random")
@@ -34,6 +36,10 @@ def test_key_follows_the_head_content_not_its_path(tmp_path):
     shutil.copy2(original, copied)
     key = cache_key(cfg, prepared, _tuned(original), weights)
     assert cache_key(cfg, prepared, _tuned(copied), weights) == key
+    time.sleep(1.1)  # the save time in the file has whole seconds
+    head.save(original)  # the same head, saved again, as the next run's tune stage does
+    assert original.read_bytes() != copied.read_bytes()  # (so the file's bytes cannot be the key)
+    assert cache_key(cfg, prepared, _tuned(original), weights) == key
     head.get_layer("out").set_weights([w + 1.0 for w in head.get_layer("out").get_weights()])
     head.save(copied)
     assert cache_key(cfg, prepared, _tuned(copied), weights) != key

@@ -12,6 +12,8 @@ the head-only weights are kept (param ``finetune_kept``).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 import time
@@ -23,7 +25,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from maskflow import backbones
-from maskflow.cache import atomic_write_json, digest, read_json, sha256_file
+from maskflow.cache import atomic_write_json, digest, read_json
 from maskflow.contracts import PreparedData, StageContext, TrainedModel, TunedHead
 from maskflow.datasets import balanced_class_weights, image_dataset, split_arrays
 
@@ -85,13 +87,23 @@ class _MlflowEpochLogger(keras.callbacks.Callback):
 
 def cache_key(cfg: DictConfig, prepared: PreparedData, tuned: TunedHead, weights: backbones.ResolvedWeights) -> str:
     """Digest of everything the fine-tuned model depends on. The head counts by its
-    content, not its path (which lies inside the cache), so a moved or copied cache
-    still finds its fine-tuned models."""
+    architecture and weights: not by its path (which lies inside the cache, so a moved or
+    copied cache would miss), nor by its file's bytes (tune saves the best head again on
+    every run, and a .keras file records when it was saved)."""
     return digest({
-        "head": sha256_file(tuned.head_model), "hp": tuned.best_hyperparameters,
+        "head": _model_content(tuned.head_model), "hp": tuned.best_hyperparameters,
         "data": prepared.digest, "model": OmegaConf.to_container(cfg.model, resolve=True),
         "train": OmegaConf.to_container(cfg.train, resolve=True), "seed": int(cfg.seed), "weights": weights.sha256,
     })
+
+
+def _model_content(path: Path) -> str:
+    """sha256 of a saved model's config and weight values."""
+    model = keras.models.load_model(path, compile=False)
+    h = hashlib.sha256(json.dumps(model.get_config(), sort_keys=True, default=str).encode())
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
 
 
 def run(cfg: DictConfig, ctx: StageContext) -> TrainedModel:
