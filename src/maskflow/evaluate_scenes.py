@@ -161,6 +161,11 @@ def bootstrap_map50(results: list[tuple[list[dict], list[tuple[str, tuple]]]], c
     rng = np.random.default_rng(seed)
     values = [score_scenes([results[i] for i in rng.integers(len(results), size=len(results))], classes)["metrics"]["scenes_map50"]
               for _ in range(resamples)] if results else [0.0]
+    return _interval(values, level)
+
+
+def _interval(values: Sequence[float], level: float) -> tuple[float, float]:
+    """The central ``level`` share of ``values`` (percentiles)."""
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
@@ -180,10 +185,9 @@ def paired_bootstrap(a: list[tuple[list[dict], list[tuple[str, tuple]]]], b: lis
         idx = rng.integers(len(a), size=len(a))
         deltas.append(score_scenes([a[i] for i in idx], classes)["metrics"]["scenes_map50"]
                       - score_scenes([b[i] for i in idx], classes)["metrics"]["scenes_map50"])
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(deltas, [tail, 100 - tail])
+    low, high = _interval(deltas, level)
     return {"delta": score_scenes(a, classes)["metrics"]["scenes_map50"] - score_scenes(b, classes)["metrics"]["scenes_map50"],
-            "delta_ci95_low": float(low), "delta_ci95_high": float(high), "a_higher": float(np.mean(np.array(deltas) > 0))}
+            "delta_ci95_low": low, "delta_ci95_high": high, "a_higher": float(np.mean(np.array(deltas) > 0))}
 
 
 def _predictions_by_image(jsonl: Path) -> dict[str, list[dict]]:
