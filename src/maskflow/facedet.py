@@ -514,14 +514,13 @@ def _validate(cfg, model_path, classes: Sequence[str], items) -> dict:
     """The detector alone (its own labels, conf/detect's settings) on the val scenes."""
     import logging
 
+    from maskflow.detect import stills_kwargs
     from maskflow.evaluate_scenes import score_scenes
 
     detect = cfg.detect
-    stills = detect.get("stills") or {}
     detector = TrainedFaceDetector(model_path, classes, int(detect.long_side), min_score=float(detect.min_confidence),
                                    flip=bool(detect.get("flip", False)), nms_iou=detect.get("nms_iou"),
-                                   per_class=str(detect.get("peaks", "face")) == "class", still_flip=bool(stills.get("flip", False)),
-                                   zoom_side=stills.get("zoom_side"), zoom_face=float(stills.get("zoom_face", 32)))
+                                   per_class=str(detect.get("peaks", "face")) == "class", **stills_kwargs(detect.get("stills") or {}))
     results = []
     for rgb, boxes, labels in _load(items, classes)[0]:
         preds = [{"box": list(f.box), "label": classes[f.class_index()], "score": f.probs[f.class_index()], "detector_score": f.score}
