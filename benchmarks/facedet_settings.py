@@ -10,7 +10,8 @@ pipeline splits it, over a grid of input size (``long_side``), kept face score
 the detector's class maps, the crop classifier, or the mean of both) and decoding
 (``peaks``: a box per peak of each class map, or one per face) and the extra effort on
 still images (``stills``: a zoomed second pass for small faces, mirrored averaging;
-``--zoom-side``/``--zoom-face``/``--stills-flip`` replace the stored ones). Prints detection
+``--zoom-side``/``--zoom-face``/``--stills-flip`` replace the stored ones, as ``--long-side``
+does the stored input size). Prints detection
 recall/precision, accuracy over matched faces, per-class AP, scenes_map50 over the three
 scene classes, the same mean over with/without mask only, and ms per scene.
 ``--face-model`` scores another trained detector (a facedet stage output, e.g. of
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--peaks", default=None, choices=("class", "face"), help="in place of the stored decoding")
     parser.add_argument("--headroom", action="store_true", help="also: face AP and scenes_map50 with true labels")
     parser.add_argument("--exclude", nargs="*", default=[], help="image names left out (e.g. the test split's 115-face crowd)")
+    parser.add_argument("--long-side", type=int, default=None, help="in place of the stored long side")
     parser.add_argument("--zoom-side", type=int, default=None, help="stills: zoomed pass's long side, in place of the stored (0: off)")
     parser.add_argument("--zoom-face", type=float, default=None, help="stills: faces under this many px come from the zoomed pass")
     parser.add_argument("--stills-flip", action=argparse.BooleanOptionalAction, default=None, help="stills: mirrored image averaged in")
@@ -61,7 +63,7 @@ def main() -> None:
     items = [(path, truths) for path, truths in held_out_items(args.split) if path.name not in excluded]
     stored = detector_kwargs({**classifier.settings, "backend": "facedet", "labels": "detector",
                               **({"peaks": args.peaks} if args.peaks else {})})
-    given = {"zoom_side": args.zoom_side, "zoom_face": args.zoom_face, "still_flip": args.stills_flip}
+    given = {"long_side": args.long_side, "zoom_side": args.zoom_side, "zoom_face": args.zoom_face, "still_flip": args.stills_flip}
     stored.update({k: (v or None) if k == "zoom_side" else v for k, v in given.items() if v is not None})
     print(f"model {args.model}{'; detector ' + args.face_model if args.face_model else ''}; {len(items)} {args.split} scenes"
           f"{' (left out: ' + ', '.join(args.exclude) + ')' if args.exclude else ''}; stored: long_side {stored['long_side']}, "

@@ -51,13 +51,16 @@ def test_joblib_launcher_composes(tmp_path):
 
 def test_detector_experiments_change_only_what_they_name(tmp_path):
     default = compose(tmp_path / "a", [])
-    quick = compose(tmp_path / "b", ["experiment=quick_detector"])
-    large = compose(tmp_path / "c", ["experiment=large_detector"])
+    small = compose(tmp_path / "b", ["experiment=small_detector"])
+    quick = compose(tmp_path / "c", ["experiment=quick_detector"])
     long = compose(tmp_path / "d", ["experiment=long_detector"])
-    assert quick.facedet.epochs < default.facedet.epochs < long.facedet.epochs  # training length only, same network
-    assert long.facedet == {**default.facedet, "epochs": long.facedet.epochs} and long.detect == default.detect
-    assert quick.facedet.backbone == default.facedet.backbone == "mobilenetv2_035"
-    assert large.facedet.backbone == "mobilenetv2" and large.facedet.epochs == default.facedet.epochs
-    assert quick.detect == default.detect
-    # the large backbone runs at a smaller long side (the speed target), nothing else in detect
-    assert large.detect == {**default.detect, "long_side": large.detect.long_side} and large.detect.long_side < default.detect.long_side
+    large = compose(tmp_path / "e", ["experiment=large_detector"])  # the default since 2026-11-27, kept for old commands
+    assert large.facedet == default.facedet and large.detect == default.detect
+    assert default.facedet.backbone == "mobilenetv2" and small.facedet.backbone == "mobilenetv2_035"
+    # the small backbone: the backbone, and a larger long side (it is faster per pixel), nothing else
+    assert small.facedet == {**default.facedet, "backbone": small.facedet.backbone}
+    assert small.detect == {**default.detect, "long_side": small.detect.long_side} and small.detect.long_side > default.detect.long_side
+    # quick and long: the small detector trained shorter or longer, nothing else
+    assert quick.facedet.epochs < small.facedet.epochs < long.facedet.epochs
+    for variant in (quick, long):
+        assert variant.facedet == {**small.facedet, "epochs": variant.facedet.epochs} and variant.detect == small.detect
