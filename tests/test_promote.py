@@ -70,3 +70,26 @@ def test_champion_re_registered_with_a_newer_pyfunc_contract_stays_champion(regi
     v3 = add(0.90, model_sha256="abc", pyfunc_api="2")
     alias, reason = decide(client, "m", v3, "test_accuracy")
     assert alias == "champion" and "newer pyfunc contract" in reason
+
+
+def test_a_tie_is_decided_by_the_tiebreak_tag(registry):
+    # The same cached classifier registered with another detector: test_accuracy ties.
+    client, add = registry
+    v1 = add(0.99, scenes_map50="0.0")
+    decide(client, "m", v1, "test_accuracy", tiebreak="scenes_map50")
+    alias, reason = decide(client, "m", add(0.99, scenes_map50="0.74"), "test_accuracy", tiebreak="scenes_map50")
+    assert alias == "champion" and "ties" in reason
+    v3 = add(0.99, scenes_map50="0.70")  # worse detector, same classifier
+    assert decide(client, "m", v3, "test_accuracy", tiebreak="scenes_map50")[0] == "challenger"
+    v4 = add(0.98, scenes_map50="0.95")  # a better detector never outweighs a worse primary metric
+    assert decide(client, "m", v4, "test_accuracy", tiebreak="scenes_map50")[0] == "challenger"
+
+
+def test_without_a_tiebreak_a_tie_keeps_the_champion(registry):
+    client, add = registry
+    v1 = add(0.99, scenes_map50="0.0")
+    decide(client, "m", v1, "test_accuracy")
+    assert decide(client, "m", add(0.99, scenes_map50="0.74"), "test_accuracy")[0] == "challenger"
+    v3 = add(0.99)  # no tiebreak tag to compare: the champion stays
+    assert decide(client, "m", v3, "test_accuracy", tiebreak="scenes_map50")[0] == "challenger"
+    assert str(client.get_model_version_by_alias("m", "champion").version) == v1

@@ -2,8 +2,10 @@
 
 The new version becomes ``champion`` when there is none, or when it beats the current
 champion on ``export.promote_metric`` measured on the same test split (same data
-digest). Otherwise it gets ``challenger``. Re-running changes nothing (idempotent), and
-every decision is logged to MLflow.
+digest). On a tie (the same cached classifier registered with a retrained detector
+scores the same ``test_accuracy``) ``export.promote_tiebreak`` decides, when both
+versions carry it. Otherwise it gets ``challenger``. Re-running changes nothing
+(idempotent), and every decision is logged to MLflow.
 
 Also a command: ``python -m maskflow.promote --name maskflow --version 7``.
 """
@@ -21,8 +23,9 @@ from maskflow.contracts import Exported, StageContext
 log = logging.getLogger(__name__)
 
 
-def decide(client, name: str, version: str, metric: str, mode: str = "max") -> tuple[str, str]:
-    """Set ``champion`` or ``challenger`` on ``name``/``version``; return (alias, reason)."""
+def decide(client, name: str, version: str, metric: str, mode: str = "max", tiebreak: str | None = None) -> tuple[str, str]:
+    """Set ``champion`` or ``challenger`` on ``name``/``version``; return (alias, reason).
+    ``tiebreak``: a tag (higher is better) that decides when ``metric`` ties."""
     candidate = client.get_model_version(name, version)
     try:
         champion = client.get_model_version_by_alias(name, "champion")
@@ -43,10 +46,15 @@ def decide(client, name: str, version: str, metric: str, mode: str = "max") -> t
         old_score = champion.tags.get(metric)
         same_split = champion.tags.get("data_digest") == candidate.tags.get("data_digest")
         better = old_score is not None and (float(new_score) > float(old_score) if mode == "max" else float(new_score) < float(old_score))
+        tied = old_score is not None and float(new_score) == float(old_score)
+        new_tb, old_tb = (candidate.tags.get(tiebreak), champion.tags.get(tiebreak)) if tiebreak else (None, None)
         if not same_split:
             alias, reason = "challenger", f"champion v{champion.version} was scored on another test split"
         elif better:
             alias, reason = "champion", f"{metric} {float(new_score):.4f} beats champion v{champion.version} ({float(old_score):.4f})"
+        elif tied and new_tb is not None and old_tb is not None and float(new_tb) > float(old_tb):
+            alias, reason = "champion", (f"{metric} ties champion v{champion.version}; {tiebreak} {float(new_tb):.4f} "
+                                         f"beats its {float(old_tb):.4f}")
         else:
             alias, reason = "challenger", f"{metric} {float(new_score):.4f} does not beat champion v{champion.version} ({old_score})"
     client.set_registered_model_alias(name, alias, version)
@@ -66,8 +74,9 @@ def run(cfg: DictConfig, ctx: StageContext) -> Exported:
     exported: Exported = ctx.need("export")
     if not exported.version:
         raise RuntimeError("promote needs a registered model version (run export with MLflow tracking)")
+    tiebreak = cfg.export.get("promote_tiebreak")
     alias, reason = decide(MlflowClient(), exported.registered_model, exported.version,
-                           str(cfg.export.promote_metric), str(cfg.export.promote_mode))
+                           str(cfg.export.promote_metric), str(cfg.export.promote_mode), str(tiebreak) if tiebreak else None)
     if mlflow.active_run() is not None:
         mlflow.set_tags({"promote_alias": alias, "promote_reason": reason})
     return replace(exported, alias=alias)
@@ -79,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--version", required=True, help="model version to consider")
     parser.add_argument("--metric", default="test_accuracy", help="tag compared against the champion")
     parser.add_argument("--mode", choices=("max", "min"), default="max")
+    parser.add_argument("--tiebreak", default="scenes_map50", help="tag (higher is better) deciding a tie; '' for none")
     parser.add_argument("--tracking-uri", default=None, help="default: the project's sqlite store")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -88,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     from maskflow.config import PROJECT_ROOT
 
     mlflow.set_tracking_uri(args.tracking_uri or f"sqlite:///{PROJECT_ROOT}/mlflow.db")
-    alias, reason = decide(MlflowClient(), args.name, args.version, args.metric, args.mode)
+    alias, reason = decide(MlflowClient(), args.name, args.version, args.metric, args.mode, args.tiebreak or None)
     print(f"{args.name} v{args.version}: {alias} ({reason})")
 
 
