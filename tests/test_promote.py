@@ -83,6 +83,8 @@ def test_a_tie_is_decided_by_the_tiebreak_tag(registry):
     assert decide(client, "m", v3, "test_accuracy", tiebreak="scenes_map50")[0] == "challenger"
     v4 = add(0.98, scenes_map50="0.95")  # a better detector never outweighs a worse primary metric
     assert decide(client, "m", v4, "test_accuracy", tiebreak="scenes_map50")[0] == "challenger"
+    v5 = add(0.99, scenes_map50="0.99", scenes_images="20")  # scored on other scenes: not comparable
+    assert decide(client, "m", v5, "test_accuracy", tiebreak="scenes_map50")[0] == "challenger"
 
 
 def test_without_a_tiebreak_a_tie_keeps_the_champion(registry):

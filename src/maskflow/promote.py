@@ -48,6 +48,8 @@ def decide(client, name: str, version: str, metric: str, mode: str = "max", tieb
         better = old_score is not None and (float(new_score) > float(old_score) if mode == "max" else float(new_score) < float(old_score))
         tied = old_score is not None and float(new_score) == float(old_score)
         new_tb, old_tb = (candidate.tags.get(tiebreak), champion.tags.get(tiebreak)) if tiebreak else (None, None)
+        if tiebreak and tiebreak.startswith("scenes_") and not _same_scenes(champion.tags, candidate.tags):
+            new_tb = old_tb = None  # scored on other scenes (evaluate.scenes.data/split/limit): not comparable
         if not same_split:
             alias, reason = "challenger", f"champion v{champion.version} was scored on another test split"
         elif better:
@@ -60,6 +62,10 @@ def decide(client, name: str, version: str, metric: str, mode: str = "max", tieb
     client.set_registered_model_alias(name, alias, version)
     log.info("promote: %s v%s -> %s (%s)", name, version, alias, reason)
     return alias, reason
+
+
+def _same_scenes(champion: dict, candidate: dict) -> bool:
+    return all(champion.get(k) == candidate.get(k) for k in ("scenes_images", "scenes_faces"))
 
 
 def _same_model_newer_contract(champion: dict, candidate: dict) -> bool:
