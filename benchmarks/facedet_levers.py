@@ -57,16 +57,10 @@ def _row(name: str, m: dict, seconds: float, n: int) -> str:
 
 def _multiscale(detector, rgb: np.ndarray, sides: list[int], flip: bool):
     """Detections from the mean of the maps at ``sides`` (resampled to the largest grid)."""
-    from maskflow.facedet import decode, letterbox, merge_flipped
+    from maskflow.facedet import decode
 
-    n, outs = len(detector.classes), []
-    for side in sides:
-        image, scale = letterbox(rgb, side)
-        if flip:
-            both = detector._call(np.stack([image, image[:, ::-1]]).astype(np.float32)).numpy()
-            outs.append((merge_flipped(both[0], both[1], n), scale))
-        else:
-            outs.append((detector._call(image[None].astype(np.float32))[0].numpy(), scale))
+    n = len(detector.classes)
+    outs = [detector.maps(rgb, side, flip) for side in sides]
     out, scale = max(outs, key=lambda o: o[1])
     gh, gw = out.shape[:2]
 

@@ -339,13 +339,17 @@ class TrainedFaceDetector:
             found = merge_zoomed(found, self._detections(rgb, self.zoom_side, flip), self.zoom_face)
         return [Face(box=d.box, score=d.score, probs=d.probs, label=d.label) for d in found]
 
-    def _detections(self, rgb: np.ndarray, long_side: int, flip: bool) -> list[Detection]:
+    def maps(self, rgb: np.ndarray, long_side: int, flip: bool) -> tuple[np.ndarray, float]:
+        """(output map, scale) of the frame letterboxed to ``long_side``; ``flip`` averages
+        the mirrored frame's in."""
         image, scale = letterbox(rgb, long_side)
         if flip:
             both = self._call(np.stack([image, image[:, ::-1]]).astype(np.float32)).numpy()
-            output = merge_flipped(both[0], both[1], len(self.classes))
-        else:
-            output = self._call(image[None].astype(np.float32))[0].numpy()
+            return merge_flipped(both[0], both[1], len(self.classes)), scale
+        return self._call(image[None].astype(np.float32))[0].numpy(), scale
+
+    def _detections(self, rgb: np.ndarray, long_side: int, flip: bool) -> list[Detection]:
+        output, scale = self.maps(rgb, long_side, flip)
         return decode(output, scale, len(self.classes), min_score=self.min_score, image_shape=rgb.shape[:2],
                       nms_iou=self.nms_iou, per_class=self.per_class)
 
