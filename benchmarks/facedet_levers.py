@@ -91,9 +91,9 @@ def main() -> None:
     args = parser.parse_intermixed_args()  # options may come between the lever and the files
 
     import keras
+    from detect_speed import held_out_items
 
     import maskflow.facedet as facedet
-    from detect_speed import held_out_items
     from maskflow.detect import Classifier, Detector, Frame, crop_face, detector_kwargs
     from maskflow.evaluate_scenes import run_scenes, score_scenes
     from maskflow.imageio import read_image

@@ -26,7 +26,9 @@ def _seed():
 
 
 def compose(tmp_path: Path, overrides: list[str] = ()):
-    """The real config, composed as the pipeline does, with outputs under ``tmp_path``."""
+    """The real config, composed as the pipeline does, with outputs under ``tmp_path``.
+    Tests name their data by folder (``data.root=``), so the data config is the folder
+    set's unless they pick another (the default union reads both real sets whole)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -39,6 +41,8 @@ def compose(tmp_path: Path, overrides: list[str] = ()):
         f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
         f"tracking.artifact_root={tmp_path}/mlruns",
     ]
+    if not any(o.startswith("data=") for o in overrides):
+        base.insert(0, "data=mask-faces-4k")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=base + list(overrides))
 

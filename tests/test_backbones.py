@@ -21,8 +21,10 @@ def test_all_required_backbones_have_configs():
 
 
 @pytest.mark.parametrize("name", MODEL_CONFIGS)
-def test_model_config_is_complete(name):
-    cfg = OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")
+def test_model_config_is_complete(tmp_path, name):
+    from .conftest import compose
+
+    cfg = compose(tmp_path, [f"model={name}"]).model  # composed by Hydra, as the pipeline does
     assert cfg.name == name
     assert callable(backbones.constructor(cfg))
     assert cfg.preprocess in ("tf", "torch", "caffe", "none")

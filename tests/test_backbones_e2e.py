@@ -26,7 +26,7 @@ def test_backbone_end_to_end_random_weights(model, shared_run_dir):
     tmp = shared_run_dir
     run_pipeline(
         tmp, "debug=tiny", f"model={model}", "model.weights=null", f"model.input_size={SIZES.get(model, 64)}",
-        f"data.root={tmp / 'data'}", "data.limit_per_class=null", "data.workers=1", "evaluate.extra=[]",
+        "data=mask-faces-4k", f"data.root={tmp / 'data'}", "data.limit_per_class=null", "data.workers=1", "evaluate.extra=[]",
         "export.formats=[keras]", "tune.max_trials=1", f"run_name=e2e-{model}",
     )
     client = _client(tmp)

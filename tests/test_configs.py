@@ -9,7 +9,7 @@ from maskflow.config import CONF_DIR
 
 from .conftest import compose
 
-GROUPS = ["data", "model", "tune", "train", "evaluate", "export", "tracking", "debug", "experiment"]
+GROUPS = ["data", "model", "tune", "train", "evaluate", "export", "tracking", "debug", "experiment", "detect"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
 
 
@@ -30,13 +30,19 @@ def test_defaults_point_at_the_shared_folder_and_project_store(tmp_path):
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name="config")
-    assert cfg.model.name == "mobilenetv2" and cfg.data.name == "mask-faces-4k"
+    assert cfg.model.name == "mobilenetv2_128" and cfg.model.constructor == "MobileNetV2" and cfg.data.name == "mask-union"
+    # The union is composed by Hydra from the two set configs, 3 classes.
+    assert cfg.data.parts.faces.name == "mask-faces-4k" and cfg.data.parts.scenes.name == "mask-scenes-853"
+    assert len(cfg.data.classes) == 3 and cfg.data.parts.scenes.finder_boxes == cfg.detect.backend
     assert list(cfg.stages) == ["prepare", "tune", "finetune", "facedet", "evaluate", "export", "promote"]
-    # The trained detector is the default; the MTCNN settings stay composed for --backend mtcnn.
-    assert cfg.detect.backend == "facedet" and cfg.detect.labels == "detector" and cfg.detect.thresholds
+    # A pretrained finder (never SCRFD: non-commercial terms) labelled by the classifier;
+    # every finder's settings and the MTCNN ones stay composed for --backend.
+    assert cfg.detect.backend == "yunet" and cfg.detect.labels == "classifier" and cfg.detect.thresholds
+    assert set(cfg.detect.finders) == {"yunet", "ultraface", "scrfd", "fusion"}
+    assert all(len(f.sha256) == 64 for n, f in cfg.detect.finders.items() if n != "fusion")
     assert cfg.facedet.data == "mask-scenes-853" and cfg.facedet.epochs > 0
     assert cfg.tracking.uri == f"sqlite:///{PROJECT_ROOT}/mlflow.db"
-    assert cfg.tune.max_trials >= 20
+    assert cfg.tune.max_trials >= 12 and cfg.train.epochs == 0  # head only: fits the 15-minute budget (BENCHMARKS.md)
 
 
 def test_joblib_launcher_composes(tmp_path):
@@ -51,15 +57,17 @@ def test_joblib_launcher_composes(tmp_path):
 
 def test_detector_experiments_change_only_what_they_name(tmp_path):
     default = compose(tmp_path / "a", [])
+    centernet = compose(tmp_path / "f", ["experiment=centernet"])
     small = compose(tmp_path / "b", ["experiment=small_detector"])
     quick = compose(tmp_path / "c", ["experiment=quick_detector"])
     long = compose(tmp_path / "d", ["experiment=long_detector"])
-    large = compose(tmp_path / "e", ["experiment=large_detector"])  # the default since 2026-11-27, kept for old commands
-    assert large.facedet == default.facedet and large.detect == default.detect
+    # centernet: the trained detector instead of the finder, the rest as the default
+    assert centernet.detect.backend == "facedet" and centernet.detect.labels == "detector"
+    assert centernet.facedet == default.facedet and centernet.data == default.data and centernet.model == default.model
     assert default.facedet.backbone == "mobilenetv2" and small.facedet.backbone == "mobilenetv2_035"
     # the small backbone: the backbone, and a larger long side (it is faster per pixel), nothing else
-    assert small.facedet == {**default.facedet, "backbone": small.facedet.backbone}
-    assert small.detect == {**default.detect, "long_side": small.detect.long_side} and small.detect.long_side > default.detect.long_side
+    assert small.facedet == {**centernet.facedet, "backbone": small.facedet.backbone}
+    assert small.detect == {**centernet.detect, "long_side": small.detect.long_side} and small.detect.long_side > centernet.detect.long_side
     # quick and long: the small detector trained shorter or longer, nothing else
     assert quick.facedet.epochs < small.facedet.epochs < long.facedet.epochs
     for variant in (quick, long):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from maskflow.detect import calibrate_box
+from maskflow.detection.boxes import calibrate_box
 from maskflow.evaluate_scenes import fit_box_calibration, iou, voc_items
 from maskflow.faces import PNET_WINDOW, FaceDetector, _scale_pyramid
 from maskflow.imageio import read_image

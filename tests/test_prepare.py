@@ -114,3 +114,32 @@ def test_voc_parsing(tmp_path):
     xml.write_text("<annotation><filename>a.jpg</filename><object><name>with_mask</name><bndbox><xmin>1</xmin>"
                    "<ymin>2</ymin><xmax>11</xmax><ymax>22</ymax></bndbox></object></annotation>")
     assert prepare.parse_voc(xml) == ("a.jpg", [("with_mask", (1, 2, 10, 20))])
+
+
+@needs_shared
+def test_union_of_both_sets_keeps_each_parts_split_and_adds_finder_crops(tmp_path, cfg_factory):
+    """data=mask-union: each part prepared by its own rules (a small real subset), one
+    manifest with the union's three classes, unique sample ids, and scene faces cut a
+    second time around the finder's box (same label, same split as the annotated crop)."""
+    cfg = cfg_factory(["data=mask-union", "data.limit_per_class=4", "data.parts.faces.workers=1", "data.parts.scenes.workers=1"])
+    ctx = StageContext(run_dir=tmp_path / "run", cache_dir=tmp_path / "cache")
+    result = prepare.run(cfg, ctx)
+    assert result.classes == ("mask_weared_incorrect", "with_mask", "without_mask")
+    with open(result.manifest, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    ids = [r["sample_id"] for r in rows]
+    assert len(ids) == len(set(ids))
+    assert {r["part"] for r in rows} == {"faces", "scenes"}
+    assert all(r["path"].startswith(("mask-faces-4k/", "mask-scenes-853/")) for r in rows)
+    kept = [r for r in rows if r["status"] == "ok"]
+    finder = [r for r in kept if r["face"].startswith("finder_box")]
+    assert finder and all(Path(r["crop"]).is_file() for r in kept)
+    by_scene = {}
+    for r in kept:
+        if r["part"] == "scenes":
+            by_scene.setdefault(r["path"], set()).add(r["split"])
+    assert all(len(splits) == 1 for splits in by_scene.values())  # a scene's crops never straddle splits
+    # The parts' own results are reused by stages that ask for a part by name (no second prepare).
+    assert ctx.results["data:mask-scenes-853"][1].digest
+    again = prepare.run(cfg, StageContext(run_dir=tmp_path / "run2", cache_dir=tmp_path / "cache"))
+    assert again.digest == result.digest

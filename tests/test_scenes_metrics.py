@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from maskflow.evaluate_scenes import (average_precision, bootstrap_map50, compare, headroom, iou, paired_bootstrap,
-                                      score_scenes, voc_items)
+from maskflow.evaluate_scenes import (
+    average_precision,
+    bootstrap_map50,
+    compare,
+    headroom,
+    iou,
+    paired_bootstrap,
+    score_scenes,
+    voc_items,
+)
 
 from .conftest import SCENES, needs_shared
 

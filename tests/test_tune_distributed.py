@@ -21,7 +21,7 @@ TRIALS = 6
 def launch(tmp_path: Path, name: str, *overrides: str) -> subprocess.Popen:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", "TF_NUM_INTRAOP_THREADS": "1"}
     cmd = [sys.executable, "-m", "maskflow.pipeline", "stages=[tune]", "debug=tiny", "model=mobilenetv2_035",
-           "model.weights=null", "model.input_size=64", f"data.root={tmp_path}/data", "data.workers=1",
+           "model.weights=null", "model.input_size=64", "data=mask-faces-4k", f"data.root={tmp_path}/data", "data.workers=1",
            f"tune.max_trials={TRIALS}", "tune.epochs=2", f"paths.cache_dir={tmp_path}/cache",
            f"paths.output_dir={tmp_path}/outputs", f"hydra.run.dir={tmp_path}/{name}",
            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifact_root={tmp_path}/mlruns", *overrides]

@@ -153,4 +153,36 @@ def augmentation(aug_cfg: DictConfig, seed: int | None = None) -> keras.Sequenti
         layers.append(keras.layers.RandomContrast(float(aug_cfg.contrast), value_range=(0, 255), seed=seed))
     if aug_cfg.get("blur"):
         layers.append(keras.layers.RandomGaussianBlur(factor=float(aug_cfg.blur), kernel_size=3, sigma=(0.1, 1.5), value_range=(0, 255), seed=seed))
+    if aug_cfg.get("downscale"):  # scene faces are often 10-30 px: a close-up made to look like one
+        layers.append(RandomDownscale(float(aug_cfg.downscale), min_side=int(aug_cfg.get("downscale_min_side", 12)), seed=seed))
+    if aug_cfg.get("occlusion"):  # hands, hair, other heads in front of a face
+        layers.append(keras.layers.RandomErasing(factor=float(aug_cfg.occlusion), scale=(0.02, 0.2), fill_value=127.0,
+                                                 value_range=(0, 255), seed=seed))
     return keras.Sequential(layers, name="augment")
+
+
+@keras.saving.register_keras_serializable(package="maskflow")
+class RandomDownscale(keras.layers.Layer):
+    """With probability ``rate`` per image, shrink it to a random side between
+    ``min_side`` px and its own, then enlarge it back: the blur and blockiness of a small
+    face cut from a scene, on a sharp close-up. Identity at inference."""
+
+    def __init__(self, rate: float = 0.5, min_side: int = 12, seed: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.rate, self.min_side, self.seed = float(rate), int(min_side), seed
+        self._generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        if not training:
+            return images
+        import tensorflow as tf
+
+        size = tf.shape(images)[1:3]
+        side = keras.random.uniform((), float(self.min_side), tf.cast(size[0], "float32"), seed=self._generator)
+        small = tf.image.resize(images, tf.cast(tf.stack([side, side]), "int32"), method="area")
+        degraded = tf.image.resize(small, size, method="bilinear")
+        apply = keras.random.uniform((tf.shape(images)[0], 1, 1, 1), seed=self._generator) < self.rate
+        return tf.where(apply, degraded, images)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "rate": self.rate, "min_side": self.min_side, "seed": self.seed}

@@ -13,7 +13,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 def digest(obj: Any, length: int = 16) -> str:
@@ -72,3 +72,26 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def stage_cache(cache_dir: Path, stage: str, key: str, out_dir: Path, compute: Callable[[], Any]) -> tuple[Any, bool]:
+    """``compute()`` writes ``out_dir`` and returns a JSON-able result; cached under
+    ``cache_dir/stage/key``. A later call with the same key copies the folder back into
+    ``out_dir`` and returns the stored result without computing: ``(result, from_cache)``.
+    The entry is written whole (temporary folder, then rename), so a killed run leaves none."""
+    import shutil
+
+    entry = Path(cache_dir) / stage / key
+    if (entry / "result.json").exists():
+        shutil.copytree(entry / "out", out_dir, dirs_exist_ok=True)
+        return read_json(entry / "result.json"), True
+    result = compute()
+    tmp = entry.with_name(f".{key}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(out_dir, tmp / "out", symlinks=True)
+    atomic_write_json(tmp / "result.json", result)
+    try:
+        os.replace(tmp, entry)
+    except OSError:  # another run stored the same key meanwhile: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result, False

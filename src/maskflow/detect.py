@@ -9,6 +9,10 @@ frame with the labelled boxes carried over in between (``--detect-every``). Bad 
 are reported and skipped; a video that breaks mid-way keeps what was processed.
 
 At the end one summary line goes to stderr: frames, faces, wall seconds, frames/s.
+
+Exit codes: 0 every input was read; 1 at least one input could not be read (missing,
+unreadable, not an image, too small, a camera or stream that would not open: each named
+on stderr with its reason, the others still processed and written); 2 bad arguments.
 """
 
 from __future__ import annotations
@@ -31,11 +35,14 @@ STARTED = time.perf_counter()  # the summary's wall clock covers the whole comma
 import cv2
 import numpy as np
 
+from maskflow.detection.boxes import calibrate_box
+from maskflow.detection.finders import FINDERS, build_finder
 from maskflow.faces import Face, FaceDetector, crop_face
 from maskflow.imageio import DecodeError, read_image
 
 log = logging.getLogger("maskflow.detect")
 
+MIN_IMAGE_SIDE = 16  # as prepare's data.min_image_side: smaller images get no labels ("tiny_image")
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 COLOURS = {"with_mask": (40, 200, 40), "without_mask": (40, 40, 230), "mask_weared_incorrect": (0, 165, 255)}
@@ -54,7 +61,7 @@ class Classifier:
     ``settings``: the detector settings stored with a registered model (or defaults)."""
 
     def __init__(self, keras_model, classes: Sequence[str], input_size: int, settings: dict | None = None,
-                 face_model=None, face_classes: Sequence[str] = ()) -> None:
+                 face_model=None, face_classes: Sequence[str] = (), finder_dirs: Sequence[str] = ()) -> None:
         import tensorflow as tf
 
         from maskflow.serving import DEFAULT_DETECTOR
@@ -65,6 +72,8 @@ class Classifier:
         # The trained face-and-mask detector registered with the model (None: MTCNN only).
         self.face_model = face_model
         self.face_classes = list(face_classes)
+        # Folders holding the pretrained finders' model files (a registered model's own first).
+        self.finder_dirs = [str(d) for d in finder_dirs]
         self._call = tf.function(lambda x: keras_model(x, training=False), reduce_retracing=True)
 
     @classmethod
@@ -78,7 +87,7 @@ class Classifier:
             mlflow.set_tracking_uri(tracking_uri or f"sqlite:///{PROJECT_ROOT}/mlflow.db")
         model = mlflow.pyfunc.load_model(uri).unwrap_python_model()
         return cls(model.model, model.classes, model.input_size, getattr(model, "detector_settings", None),
-                   getattr(model, "face_model", None), getattr(model, "face_classes", ()))
+                   getattr(model, "face_model", None), getattr(model, "face_classes", ()), getattr(model, "finder_dirs", ()))
 
     def __call__(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         if not crops:
@@ -93,9 +102,13 @@ def iter_sources(sources: Sequence[str], errors: list[str]) -> Iterator[Frame]:
             continue
         path = Path(source)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS)
-            for p in files:
-                yield from _file(p, errors)
+            for p in sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS):
+                if p.is_file():
+                    yield from _file(p, errors)
+                elif p.is_dir():
+                    _report(errors, str(p), "a directory named like an image or video")
+                elif p.is_symlink():
+                    _report(errors, str(p), "a dangling or looping symbolic link")
         elif path.is_file():
             yield from _file(path, errors)
         else:
@@ -107,9 +120,14 @@ def _file(path: Path, errors: list[str]) -> Iterator[Frame]:
         yield from _video(str(path), errors)
         return
     try:
-        yield Frame(str(path), 0, read_image(path).rgb, False)
-    except DecodeError as exc:
-        _report(errors, str(path), exc.reason)
+        rgb = read_image(path).rgb
+    except (DecodeError, OSError) as exc:
+        _report(errors, str(path), getattr(exc, "reason", None) or f"unreadable: {exc}")
+        return
+    if min(rgb.shape[:2]) < MIN_IMAGE_SIDE:
+        _report(errors, str(path), f"tiny_image ({rgb.shape[1]}x{rgb.shape[0]} px, under {MIN_IMAGE_SIDE} px)")
+        return
+    yield Frame(str(path), 0, rgb, False)
 
 
 def _video(source: str, errors: list[str], camera: bool = False) -> Iterator[Frame]:
@@ -185,7 +203,8 @@ class Detector:
                  thresholds: Sequence[float] = (0.6, 0.7, 0.8), box_calibration: dict | None = None,
                  backend: str = "mtcnn", long_side: int = 512, labels: str = "classifier", flip: bool = False,
                  nms_iou: float | None = None, peaks: str = "face", still_flip: bool = False, zoom_side: int | None = None,
-                 zoom_face: float = 32.0) -> None:
+                 zoom_face: float = 32.0, finders: dict | None = None, finder_dirs: Sequence[str] = (),
+                 runner_up: float | None = None) -> None:
         self.classifier = classifier
         self.faces_only = faces_only
         self.backend = backend
@@ -207,13 +226,17 @@ class Detector:
                                                 still_flip=still_flip, zoom_side=zoom_side, zoom_face=zoom_face)
         elif backend == "mtcnn":
             self.detector = FaceDetector(min_face_size=min_face, max_side=max_side, thresholds=thresholds)
+        elif backend in FINDERS:  # the pretrained finders and their fusion (maskflow.detection)
+            self.detector = build_finder(backend, finders or {}, list(finder_dirs) or classifier.finder_dirs)
+            box_calibration = (finders or {}).get(backend, {}).get("box_calibration")
         else:
-            raise ValueError(f"unknown detector backend {backend!r} (facedet | mtcnn)")
+            raise ValueError(f"unknown detector backend {backend!r} (facedet | {' | '.join(FINDERS)})")
         self.min_confidence = min_confidence
         self.margin = margin
         # Trained boxes already follow the annotations; MTCNN's are calibrated to them.
-        self.box_calibration = dict(box_calibration) if box_calibration and backend == "mtcnn" else None
+        self.box_calibration = dict(box_calibration) if box_calibration and backend != "facedet" else None
         self.detect_every = max(1, detect_every)
+        self.runner_up = float(runner_up) if runner_up else None  # classifier labels: min probability of a 2nd record
         self._last_found: tuple[str, int] | None = None  # (source, frame) of the last detection
         self._last_labels: list[dict] = []  # records of the last labelled detection
 
@@ -239,10 +262,12 @@ class Detector:
         h, w = frame.rgb.shape[:2]
         if self.faces_only:
             return [Face((0, 0, w, h), 1.0)]
-        if self.backend == "facedet":  # a still image gets the stills settings (zoomed pass, flip)
-            found = self.detector.detect(frame.rgb, still=not frame.is_video)
-        else:
+        if self.backend == "mtcnn":
             found = self.detector.detect(frame.rgb)
+        elif self.backend == "facedet":  # a still image gets the stills settings (zoomed pass, flip)
+            found = self.detector.detect(frame.rgb, still=not frame.is_video)
+        else:  # a Finder: still images get its stills effort (upscaling, tiles)
+            found = self.detector.find(frame.rgb, still=not frame.is_video)
         return [f for f in found if f.score >= self.min_confidence]
 
     def label(self, frame: Frame, faces: list[Face] | None) -> list[dict]:
@@ -271,6 +296,13 @@ class Detector:
             box = face.box if self.faces_only else calibrate_box(face.box, self.box_calibration, w, h)
             out.append({"box": [int(v) for v in box], "label": classes[k], "score": round(float(p[k]), 6),
                         "detector_score": round(float(face.score), 6)})
+            if self.runner_up and self.labels != "detector" and not self.faces_only:
+                # An unsure face also stands for its second most likely class, ranked lower
+                # (score = that class's probability): as facedet's per-class peaks, so a rare
+                # class the classifier half-sees still ranks in its own AP.
+                second = int(np.argsort(p)[-2]) if len(p) > 1 else k
+                if second != k and p[second] >= self.runner_up:
+                    out.append({**out[-1], "label": classes[second], "score": round(float(p[second]), 6)})
         self._last_labels = out
         return out
 
@@ -327,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
     jsonl = open(args.jsonl, "w", encoding="utf-8") if args.jsonl else None
     writers: dict[str, cv2.VideoWriter] = {}
+    taken: set[Path] = set()  # outputs written by this run
+    roots = [s for s in args.sources if Path(s).is_dir()]
     errors: list[str] = []
     frames = faces_total = 0
     started = time.perf_counter()
@@ -341,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.out or show:
                 drawn = annotate(frame.rgb, faces, args.draw_confidence)
                 if args.out:
-                    _write(args.out, frame, drawn, writers)
+                    _write(args.out, frame, drawn, writers, roots, taken)
                 if show:
                     cv2.imshow("maskflow", drawn)
                     if cv2.waitKey(1) & 0xFF == ord("q"):
@@ -360,22 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"maskflow.detect: frames={frames} faces={faces_total} errors={len(errors)} wall_s={wall:.2f} "
           f"fps={frames / wall if wall > 0 else 0.0:.2f} load_s={started - STARTED:.2f} "
           f"stream_fps={frames / processing if processing > 0 else 0.0:.2f}", file=sys.stderr)
-    return 0
-
-
-def calibrate_box(box: Sequence[float], calibration: dict | None, width: int, height: int) -> tuple[int, int, int, int]:
-    """MTCNN's box moved/rescaled to the annotation convention of the scene data (centre
-    shift ``dx, dy`` and scale ``sw, sh``, relative to the box; fitted on a train split
-    by ``python -m maskflow.evaluate_scenes --fit-boxes``), clipped to the image.
-    Classification still crops the raw box, as in training."""
-    x, y, w, h = (float(v) for v in box)
-    if calibration:
-        cx, cy = x + w / 2 + calibration["dx"] * w, y + h / 2 + calibration["dy"] * h
-        w, h = w * calibration["sw"], h * calibration["sh"]
-        x, y = cx - w / 2, cy - h / 2
-    x0, y0 = max(0.0, x), max(0.0, y)
-    x1, y1 = min(float(width), x + w), min(float(height), y + h)
-    return round(x0), round(y0), max(1, round(x1 - x0)), max(1, round(y1 - y0))
+    return 1 if errors else 0
 
 
 def detector_kwargs(settings: dict) -> dict:
@@ -387,7 +406,9 @@ def detector_kwargs(settings: dict) -> dict:
             "backend": str(settings.get("backend") or "mtcnn"), "long_side": int(settings.get("long_side") or 512),
             "labels": str(settings.get("labels") or "classifier"), "flip": bool(settings.get("flip", False)),
             "nms_iou": None if settings.get("nms_iou") is None else float(settings["nms_iou"]),
-            "peaks": str(settings.get("peaks") or "face"), **stills_kwargs(settings.get("stills") or {})}
+            "peaks": str(settings.get("peaks") or "face"), **stills_kwargs(settings.get("stills") or {}),
+            "finders": {k: dict(v) for k, v in (settings.get("finders") or {}).items()},
+            "runner_up": settings.get("runner_up")}
 
 
 def stills_kwargs(stills: dict) -> dict:
@@ -399,8 +420,13 @@ def stills_kwargs(stills: dict) -> dict:
 
 def add_detector_args(parser: argparse.ArgumentParser) -> None:
     """Detector options; unset ones come from the model's stored settings (conf/detect)."""
-    parser.add_argument("--backend", choices=("facedet", "mtcnn"), default=None,
-                        help="face detector: facedet (trained, registered with the model) | mtcnn")
+    parser.add_argument("--backend", choices=("facedet",) + FINDERS, default=None,
+                        help="face finder: yunet | ultraface | scrfd (non-commercial research use only) | fusion | "
+                             "mtcnn | facedet (the trained CenterNet registered with the model); default: the model's")
+    parser.add_argument("--finder-dir", action="append", default=[],
+                        help="a folder with the finders' model files, searched before the model's own copies")
+    parser.add_argument("--still-long-side", type=int, default=None,
+                        help="yunet/ultraface/scrfd, still images: upscale to this long side for small faces (0: off)")
     parser.add_argument("--labels", choices=("detector", "classifier", "fuse"), default=None,
                         help="facedet: label faces by the detector's class maps, the crop classifier, or the mean of both")
     parser.add_argument("--long-side", type=int, default=None, help="facedet: frames are resized to this long side")
@@ -416,26 +442,65 @@ def add_detector_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-side", type=int, default=None, help="mtcnn: frames are downscaled to this long side for detection")
     parser.add_argument("--min-face", type=float, default=None, help="mtcnn: smallest face (px, after downscaling) to look for")
     parser.add_argument("--min-confidence", type=float, default=None, help="face score (detector confidence) to keep a face")
+    parser.add_argument("--runner-up", type=float, default=None,
+                        help="classifier labels: a second record with the runner-up class when its probability is at "
+                             "least this (0: never)")
 
 
 def detector_settings(args: argparse.Namespace, classifier: Classifier) -> dict:
     """The model's stored detector settings, with the options given on the command line."""
     given = {"max_side": args.max_side, "min_face": args.min_face, "min_confidence": args.min_confidence,
              "backend": args.backend, "labels": args.labels, "long_side": args.long_side, "flip": args.flip,
-             "peaks": args.peaks}
+             "peaks": args.peaks, "runner_up": args.runner_up}
+    finders = {k: dict(v) for k, v in (classifier.settings.get("finders") or {}).items()}
+    if args.still_long_side is not None:
+        for name in ("yunet", "ultraface", "scrfd"):
+            finders.setdefault(name, {})["still_long_side"] = args.still_long_side or None
     stills = {**(classifier.settings.get("stills") or {}),
               **{k: v for k, v in {"zoom_side": args.zoom_side, "flip": args.stills_flip}.items() if v is not None}}
-    return detector_kwargs({**classifier.settings, **{k: v for k, v in given.items() if v is not None}, "stills": stills})
+    kwargs = detector_kwargs({**classifier.settings, **{k: v for k, v in given.items() if v is not None}, "stills": stills,
+                              "finders": finders})
+    return {**kwargs, "finder_dirs": list(args.finder_dir)}
 
 
-def _write(out: Path, frame: Frame, bgr: np.ndarray, writers: dict[str, cv2.VideoWriter]) -> None:
-    name = Path(frame.source).name if "://" not in frame.source else "stream"
+def output_path(out: Path, source: str, roots: Sequence[str], suffix: str, taken: set[Path]) -> Path:
+    """Where the annotated copy of ``source`` goes: its path under the folder it was found
+    in (the input tree mirrored), its full name kept (``a.png`` -> ``a.png.jpg``, so
+    ``a.jpg`` and ``a.png`` stay apart); a file already there that this run did not write
+    is never replaced: ``-1``, ``-2``, ... are added instead."""
+    if "://" in source or source.isdigit():
+        from maskflow.cache import digest
+
+        rel = Path(f"camera{source}" if source.isdigit() else f"stream-{digest(source, 8)}")
+    else:
+        path = Path(source)
+        rel = Path(path.name)
+        for root in roots:
+            try:
+                rel = path.resolve().relative_to(Path(root).resolve().parent)
+                break
+            except ValueError:
+                continue
+    name = rel.name if rel.name.lower().endswith(suffix) else rel.name + suffix
+    target = out / rel.parent / name
+    n = 0
+    while target in taken or target.exists():
+        n += 1
+        target = out / rel.parent / f"{Path(name).stem}-{n}{suffix}"
+    taken.add(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def _write(out: Path, frame: Frame, bgr: np.ndarray, writers: dict[str, cv2.VideoWriter], roots: Sequence[str],
+           taken: set[Path]) -> None:
     if not frame.is_video:
-        cv2.imwrite(str(out / f"{Path(name).stem}.jpg"), bgr)
+        cv2.imwrite(str(output_path(out, frame.source, roots, ".jpg", taken)), bgr)
         return
     if frame.source not in writers:
         h, w = bgr.shape[:2]
-        writers[frame.source] = cv2.VideoWriter(str(out / f"{Path(name).stem}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (w, h))
+        target = output_path(out, frame.source, roots, ".mp4", taken)
+        writers[frame.source] = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (w, h))
     writers[frame.source].write(bgr)
 
 

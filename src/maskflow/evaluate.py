@@ -216,24 +216,60 @@ def load_model(path: Path):
     return keras.models.load_model(path, compile=False)
 
 
+# Bump when what the stage computes changes, so cached evaluations are not reused.
+EVALUATE_VERSION = 3  # 3: per-part test metrics, any finder on close-ups (xtest_<set>_detect_*)
+
+
 def run(cfg: DictConfig, ctx: StageContext) -> Evaluation:
+    """Evaluate the fine-tuned model (and the detector it is registered with); cached by
+    content: the model files, the data digest and the evaluate/detect settings."""
     import mlflow
 
+    from maskflow.cache import digest, sha256_file, stage_cache
+
+    prepared: PreparedData = ctx.need("prepare")
+    trained: TrainedModel = ctx.need("finetune")
+    facedet = ctx.results.get("facedet")
+    out = ctx.run_dir / "evaluate"
+    out.mkdir(parents=True, exist_ok=True)
+    key = digest({"version": EVALUATE_VERSION, "model": sha256_file(trained.model_path), "data": prepared.digest,
+                  "face_model": sha256_file(facedet.model_path) if facedet is not None and facedet.model_path else None,
+                  "evaluate": OmegaConf.to_container(cfg.evaluate, resolve=True),
+                  "detect": OmegaConf.to_container(cfg.detect, resolve=True), "data_name": str(cfg.data.name)})
+    metrics, cached = stage_cache(ctx.cache_dir, "evaluate", key, out, lambda: _evaluate(cfg, ctx, out))
+    if cached:
+        log.info("evaluate: cached result %s (same model, data and settings)", key)
+    log.info("evaluate: test_accuracy %.4f, test_f1_macro %.4f, latency %.1f ms; %s", metrics["test_accuracy"],
+             metrics["test_f1_macro"], metrics["latency_ms_b1"],
+             {k: round(v, 4) for k, v in metrics.items() if k.endswith("accuracy") or k == "scenes_map50"})
+    if mlflow.active_run() is not None:
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifacts(str(out), "evaluate")
+    return Evaluation(metrics=metrics, report_dir=out)
+
+
+def _evaluate(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str, float]:
     from maskflow.cache import atomic_write_json, read_json
+    from maskflow.prepare import read_manifest
 
     prepared: PreparedData = ctx.need("prepare")
     trained: TrainedModel = ctx.need("finetune")
     ev = cfg.evaluate
     model = load_model(trained.model_path)
     size, classes = trained.input_size, list(trained.classes)
-    out = ctx.run_dir / "evaluate"
-    out.mkdir(parents=True, exist_ok=True)
 
     paths, y = split_arrays(prepared.manifest, "test", classes)
     if len(paths) == 0:
         raise RuntimeError("the test split is empty: nothing to evaluate")
     probs = predict(model, paths, size, int(ev.batch_size))
     metrics = {f"test_{k}": v for k, v in classification_metrics(y, probs, classes, int(ev.calibration_bins)).items()}
+    # A union of sets: each part's own test split too (test_<part>_*), side by side.
+    test_rows = [r for r in read_manifest(prepared.manifest, "test") if r["label"] in classes]
+    for part in sorted({r.get("part") or "" for r in test_rows} - {""}):
+        mask = np.array([r.get("part") == part for r in test_rows])
+        part_metrics = classification_metrics(y[mask], probs[mask], classes, int(ev.calibration_bins))
+        metrics.update({f"test_{part}_{k}": v for k, v in part_metrics.items() if k in ("accuracy", "f1_macro", "nll")})
+        metrics[f"test_{part}_n"] = float(mask.sum())
     cm = confusion(y, probs.argmax(axis=1), len(classes))
     history = read_json(trained.history).get("history", [])
     _plots(out, y, probs, classes, cm, history, paths, int(ev.calibration_bins), int(ev.worst_mistakes))
@@ -250,14 +286,8 @@ def run(cfg: DictConfig, ctx: StageContext) -> Evaluation:
         metrics.update(_cross_dataset(cfg, ctx, model, size, classes, str(name)))
     if ev.get("scenes") and ev.scenes.get("enabled"):
         metrics.update(_scenes(cfg, ctx, model, size, classes, out))
-
     atomic_write_json(out / "metrics.json", metrics)
-    log.info("evaluate: test_accuracy %.4f, test_f1_macro %.4f, latency %.1f ms; %s", metrics["test_accuracy"],
-             metrics["test_f1_macro"], metrics["latency_ms_b1"], {k: round(v, 4) for k, v in metrics.items() if k.startswith("xtest_") and k.endswith("accuracy")})
-    if mlflow.active_run() is not None:
-        mlflow.log_metrics(metrics)
-        mlflow.log_artifacts(str(out), "evaluate")
-    return Evaluation(metrics=metrics, report_dir=out)
+    return metrics
 
 
 def _scenes(cfg: DictConfig, ctx: StageContext, model, size: int, classes: list[str], out: Path) -> dict[str, float]:
@@ -274,28 +304,32 @@ def _scenes(cfg: DictConfig, ctx: StageContext, model, size: int, classes: list[
     # conf/detect, as registered with the model: what is evaluated is what gets served.
     facedet = ctx.results.get("facedet")
     face_model = facedet.model_path if facedet is not None else None
-    classifier = Classifier(model, classes, size, face_model=face_model, face_classes=facedet.classes if face_model else ())
+    classifier = Classifier(model, classes, size, face_model=face_model, face_classes=facedet.classes if face_model else (),
+                            finder_dirs=[str(cfg.paths.face_weights_dir)])
     detector = Detector(classifier, **detector_kwargs(OmegaConf.to_container(cfg.detect, resolve=True)))
     scored = run_scenes(detector, items, out / "scenes_predictions.jsonl", resamples=int(sc.get("bootstrap", 0)))
     atomic_write_json(out / "scenes_metrics.json", scored)
     log.info("evaluate: scenes (%d %s images of %s): %s", len(items), sc.split, sc.data,
              {k: round(v, 4) for k, v in scored["metrics"].items()})
     metrics = dict(scored["metrics"])
-    if detector.labels == "detector" and str(cfg.data.get("format", "folders")) != "voc" and str(sc.data) != cfg.data.name:
+    if str(cfg.data.get("format", "folders")) != "voc" and str(sc.data) != cfg.data.name:
         metrics.update(_detector_on_test_images(cfg, ctx, detector, int(sc.limit) if sc.get("limit") else None))
     return metrics
 
 
 def _detector_on_test_images(cfg: DictConfig, ctx: StageContext, detector, limit: int | None) -> dict[str, float]:
-    """The trained detector (trained on scenes) on the run's own test images, whole and
-    one labelled face each: a cross-dataset check of detect-then-label beside the scenes.
-    ``found``: images with a face; ``accuracy``: the top face's label is the image's."""
+    """The detector on the run's own whole test photos of close-ups (a folder set, or the
+    folder parts of a union), one labelled face each: how detect-then-label does on
+    photos unlike the scenes. ``found``: images with a face; ``accuracy``: the top face's
+    label is the image's. Tagged ``xtest_<set>_detect_*``."""
     from maskflow import prepare
     from maskflow.detect import Frame
     from maskflow.imageio import DecodeError, read_image
 
     prepared: PreparedData = ctx.need("prepare")
-    rows = prepare.read_manifest(prepared.manifest, "test")[:limit]
+    # Close-ups only: whole-image rows of folder sets (a union's scene part has VOC boxes).
+    rows = [r for r in prepare.read_manifest(prepared.manifest, "test") if r["face"] in ("mtcnn", "whole_image")]
+    rows = rows[:limit]
     found = correct = skipped = 0
     for r in rows:
         try:
@@ -308,10 +342,11 @@ def _detector_on_test_images(cfg: DictConfig, ctx: StageContext, detector, limit
             found += 1
             correct += int(max(faces, key=lambda f: f["detector_score"])["label"] == r["label"])
     n = max(1, len(rows) - skipped)
-    tag = f"xtest_{str(cfg.data.name).replace('-', '_')}_facedet"
+    names = sorted({r["path"].split("/")[0] if r.get("part") else str(cfg.data.name) for r in rows})
+    tag = f"xtest_{'_'.join(names).replace('-', '_')}_detect"
     result = {f"{tag}_images": float(n), f"{tag}_found": found / n, f"{tag}_accuracy": correct / n,
               f"{tag}_accuracy_found": correct / max(1, found)}
-    log.info("evaluate: the trained detector on %d whole test images of %s: %s", n, cfg.data.name,
+    log.info("evaluate: detect-then-label on %d whole close-up test photos of %s: %s", n, cfg.data.name,
              {k: round(v, 4) for k, v in result.items()})
     return result
 

@@ -241,15 +241,17 @@ def run_scenes(detector, items: Sequence[tuple[Path, list[tuple[str, tuple]]]], 
 
 
 def fit_box_calibration(face_detector, items: Sequence[tuple[Path, list]], min_iou: float = 0.3) -> dict[str, float]:
-    """Median centre shift and scale from MTCNN boxes to annotated boxes (each truth with
-    its best detection at IoU >= ``min_iou``): the annotation convention of a scene set.
+    """Median centre shift and scale from a finder's boxes (MTCNN's ``detect`` or a
+    :class:`maskflow.detection.Finder`) to annotated boxes (each truth with its best
+    detection at IoU >= ``min_iou``): the annotation convention of a scene set.
     Fit on a train split; the evaluation split must not be used."""
     from maskflow.imageio import DecodeError, read_image
 
     dx, dy, sw, sh = [], [], [], []
     for path, truths in items:
         try:
-            faces = face_detector.detect(read_image(path).rgb)
+            rgb = read_image(path).rgb
+            faces = face_detector.find(rgb, still=True) if hasattr(face_detector, "find") else face_detector.detect(rgb)
         except DecodeError:
             continue
         for _, box in truths:

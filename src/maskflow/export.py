@@ -88,21 +88,53 @@ def _score(predict, paths: Sequence[str], y: np.ndarray, size: int, batch: int =
     return accuracy, float(np.median(times) * 1000)
 
 
+EXPORT_VERSION = 1  # bump when the exported files or their scoring change
+
+
 def run(cfg: DictConfig, ctx: StageContext) -> Exported:
+    """Export and re-score each format (cached by the model's and data's content), then
+    register the pyfunc model (a version of the same files and settings is reused)."""
     import mlflow
+    from omegaconf import OmegaConf
+
+    from maskflow.cache import digest, sha256_file, stage_cache
+
+    prepared: PreparedData = ctx.need("prepare")
+    trained: TrainedModel = ctx.need("finetune")
+    evaluation: Evaluation = ctx.need("evaluate")
+    out = ctx.run_dir / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    key = digest({"version": EXPORT_VERSION, "model": sha256_file(trained.model_path), "data": prepared.digest,
+                  "export": {k: v for k, v in OmegaConf.to_container(cfg.export, resolve=True).items()
+                             if k in ("formats", "representative_samples", "eval_limit")}})
+    result, cached = stage_cache(ctx.cache_dir, "export", key, out, lambda: _export(cfg, ctx, out))
+    metrics = result["metrics"]
+    artifacts = {fmt: out / name for fmt, name in result["artifacts"].items()}
+    log.info("export: %s%s", "cached; " if cached else "", {k: round(v, 4) for k, v in metrics.items()})
+    version = None
+    if mlflow.active_run() is not None:
+        mlflow.log_metrics(metrics)
+        for fmt, path in artifacts.items():
+            if path.is_dir():
+                mlflow.log_artifacts(str(path), f"export/{path.name}")
+            else:
+                mlflow.log_artifact(str(path), "export")
+        version = _register(cfg, ctx, trained, prepared, evaluation, out)
+    return Exported(artifacts=artifacts, registered_model=str(cfg.export.registered_model) if version else None,
+                    version=version, alias=None)
+
+
+def _export(cfg: DictConfig, ctx: StageContext, out: Path) -> dict:
+    """Write every format into ``out`` and score it; returns metrics and artifact names."""
     import tensorflow as tf
 
     from maskflow.evaluate import load_model
 
     prepared: PreparedData = ctx.need("prepare")
     trained: TrainedModel = ctx.need("finetune")
-    evaluation: Evaluation = ctx.need("evaluate")
     ex = cfg.export
-    out = ctx.run_dir / "export"
-    out.mkdir(parents=True, exist_ok=True)
     size, classes = trained.input_size, list(trained.classes)
     model = load_model(trained.model_path)
-
     paths, y = split_arrays(prepared.manifest, "test", classes)
     if ex.get("eval_limit"):
         paths, y = paths[: int(ex.eval_limit)], y[: int(ex.eval_limit)]
@@ -141,18 +173,7 @@ def run(cfg: DictConfig, ctx: StageContext) -> Exported:
         if f"export_{fmt}_test_accuracy" in metrics:
             metrics[f"export_{fmt}_accuracy_delta"] = metrics[f"export_{fmt}_test_accuracy"] - base_acc
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    log.info("export: %s", {k: round(v, 4) for k, v in metrics.items()})
-
-    version = None
-    if mlflow.active_run() is not None:
-        mlflow.log_metrics(metrics)
-        for fmt, path in artifacts.items():
-            if path.is_dir():
-                mlflow.log_artifacts(str(path), f"export/{path.name}")
-            else:
-                mlflow.log_artifact(str(path), "export")
-        version = _register(cfg, ctx, trained, prepared, evaluation, out)
-    return Exported(artifacts=artifacts, registered_model=str(ex.registered_model) if version else None, version=version, alias=None)
+    return {"metrics": metrics, "artifacts": {fmt: path.name for fmt, path in artifacts.items()}}
 
 
 def _register(cfg, ctx, trained: TrainedModel, prepared: PreparedData, evaluation: Evaluation, out: Path) -> str:
@@ -173,11 +194,21 @@ def _register(cfg, ctx, trained: TrainedModel, prepared: PreparedData, evaluatio
                             facedet.classes if face_model is not None else ())
     examples = split_arrays(prepared.manifest, "test", trained.classes)[0][:2]
     return register_pyfunc(str(cfg.export.registered_model), trained.model_path, meta, out / "pyfunc_meta.json",
-                           [Path(p) for p in examples], tags, face_model)
+                           [Path(p) for p in examples], tags, face_model, _finder_files(cfg))
+
+
+def _finder_files(cfg) -> list[Path]:
+    """The pretrained finder's model files (checked by sha256), to travel inside the model."""
+    from maskflow.detection.finders import file_sha256, finder_files
+    from maskflow.detection.weights import resolve
+
+    finders = cfg.detect.get("finders") or {}
+    names = finder_files(str(cfg.detect.get("backend", "mtcnn")), finders)
+    return [resolve(name, file_sha256(finders, name), [cfg.paths.face_weights_dir]) for name in names]
 
 
 def register_pyfunc(name: str, keras_model: Path, meta: dict, meta_path: Path, examples: Sequence[Path], tags: dict[str, str],
-                    face_model: Path | None = None) -> str:
+                    face_model: Path | None = None, finder_files: Sequence[Path] = ()) -> str:
     """Log the pyfunc to the active run and register it as a version of ``name``; a
     version of the same Keras files (classifier, face detector) with the same metadata
     (classes, detector settings) under the same pyfunc contract is reused instead."""
@@ -204,7 +235,7 @@ def register_pyfunc(name: str, keras_model: Path, meta: dict, meta_path: Path, e
         mlflow.set_tag("registered_version", version)
         return version
 
-    info = serving.log_pyfunc(keras_model, meta, meta_path, examples, face_model)
+    info = serving.log_pyfunc(keras_model, meta, meta_path, examples, face_model, finder_files)
     registered = mlflow.register_model(info.model_uri, name)
     version = str(registered.version)
     for key, value in {**tags, "model_sha256": model_sha, "pyfunc_api": str(serving.PYFUNC_API)}.items():

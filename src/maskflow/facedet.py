@@ -447,7 +447,7 @@ def _closeups(extra, classes: Sequence[str], calibration: dict | None, max_side:
     ``detect.box_calibration`` does for MTCNN), downscaled to ``max_side`` to bound memory."""
     from pathlib import Path
 
-    from maskflow.detect import calibrate_box
+    from maskflow.detection.boxes import calibrate_box
     from maskflow.imageio import DecodeError, read_image
     from maskflow.prepare import read_manifest
 

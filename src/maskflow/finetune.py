@@ -75,16 +75,6 @@ def count_params(model: keras.Model) -> tuple[int, int]:
     return total, trainable
 
 
-class _MlflowEpochLogger(keras.callbacks.Callback):
-    """Per-epoch curves into the pipeline's MLflow run (``ft_<metric>``, step = epoch)."""
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        import mlflow
-
-        if mlflow.active_run() is not None and logs:
-            mlflow.log_metrics({f"ft_{k}": float(v) for k, v in logs.items()}, step=epoch + 1)
-
-
 def cache_key(cfg: DictConfig, prepared: PreparedData, tuned: TunedHead, weights: backbones.ResolvedWeights) -> str:
     """Digest of everything the fine-tuned model depends on. The head counts by its
     architecture and weights: not by its path (which lies inside the cache, so a moved or

@@ -66,6 +66,19 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         from maskflow.backbones import resolve_weights
 
         resolve_weights(OmegaConf.load(CONF_DIR / "model" / f"{cfg.facedet.backbone}.yaml"), list(cfg.paths.weights_dirs))
+    if {"prepare", "evaluate", "export"} & set(stages):
+        # A pretrained finder's files are checked (sha256) before any work, not at evaluate.
+        from maskflow.detection.finders import file_sha256, finder_files
+        from maskflow.detection.weights import resolve
+
+        finders = cfg.detect.get("finders") or {}
+        backend = str(cfg.detect.get("backend", "mtcnn"))
+        names = finder_files(backend, finders)
+        for part in (cfg.data.get("parts") or {}).values():
+            if part.get("finder_boxes"):
+                names += finder_files(str(part.finder_boxes), finders)
+        for name in sorted(set(names)):
+            resolve(name, file_sha256(finders, name), [cfg.paths.face_weights_dir])
     cache_dir = Path(cfg.paths.cache_dir)
     ctx = StageContext(run_dir=run_dir, cache_dir=cache_dir)
     with tracking.pipeline_run(cfg, PROJECT_ROOT, run_dir) as run_id:

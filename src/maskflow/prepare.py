@@ -12,6 +12,7 @@ atomically as each file finishes, so a second run skips it and a killed run resu
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -25,8 +26,6 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from maskflow import split as splitting
-import json
-
 from maskflow.cache import atomic_write_bytes, atomic_write_json, digest, read_json, sha256_bytes
 from maskflow.contracts import PreparedData, StageContext
 
@@ -36,7 +35,7 @@ log = logging.getLogger(__name__)
 PROCESS_VERSION = 2  # 2: MTCNN pyramid reaches faces that fill the image (faces.py)
 MANIFEST_FIELDS = [
     "sample_id", "path", "label", "sha256", "size_bytes", "source", "group", "split", "status",
-    "reason", "crop", "face", "det_score", "box", "width", "height", "mode", "phash",
+    "reason", "crop", "face", "det_score", "box", "width", "height", "mode", "phash", "part",
 ]
 
 
@@ -136,6 +135,7 @@ def _limit_items(items: list[Item], limit: int) -> list[Item]:
 # --------------------------------------------------------------------- per-file work
 
 _DETECTOR = None
+_FINDER = None
 
 
 def _init_worker(threads: int) -> None:
@@ -154,6 +154,16 @@ def _detector(params: dict[str, Any]):
 
         _DETECTOR = FaceDetector(min_face_size=params["min_face_size"], max_side=params["detect_max_side"])
     return _DETECTOR
+
+
+def _finder(spec: dict[str, Any]):
+    """The finder whose boxes scene faces are also cropped around (one per worker)."""
+    global _FINDER
+    if _FINDER is None:
+        from maskflow.detection.finders import build_finder
+
+        _FINDER = build_finder(spec["name"], {spec["name"]: spec["settings"]}, spec["dirs"])
+    return _FINDER
 
 
 def process_file(job: tuple[str, str, dict[str, Any], str, str]) -> tuple[str, dict[str, Any]]:
@@ -207,6 +217,8 @@ def process_file(job: tuple[str, str, dict[str, Any], str, str]) -> tuple[str, d
                 samples.append({"face": "voc_box", "box": box, "label": label, "crop": None, "reason": "box_too_small"})
             else:
                 samples.append({"face": "voc_box", "box": box, "label": label, "crop": crop_face(rgb, box, margin, size), "reason": ""})
+        if params.get("finder_boxes"):
+            samples += _finder_samples(rgb, samples, params)
     import cv2
 
     for i, sample in enumerate(samples):
@@ -221,6 +233,29 @@ def process_file(job: tuple[str, str, dict[str, Any], str, str]) -> tuple[str, d
         record["samples"].append(sample)
     atomic_write_json(record_path, record)
     return record_path, record
+
+
+def _finder_samples(rgb, annotated: list[dict[str, Any]], params: dict[str, Any]) -> list[dict[str, Any]]:
+    """A second crop of each annotated face, cut around the finder's box for it (IoU >=
+    0.5, raw box as at run time), so the classifier trains on what a finder hands over."""
+    from maskflow.detection.boxes import corners_of, iou_matrix
+    from maskflow.faces import crop_face
+
+    spec = params["finder_boxes"]
+    faces = _finder({**spec, "dirs": params["face_weights_dirs"]}).find(rgb, still=True)
+    usable = [s for s in annotated if s["crop"] is not None]
+    if not faces or not usable:
+        return []
+    truths = [[x, y, x + w, y + h] for x, y, w, h in (s["box"] for s in usable)]
+    overlaps = iou_matrix(corners_of(faces), truths)
+    out = []
+    for j, sample in enumerate(usable):
+        i = int(overlaps[:, j].argmax())
+        if overlaps[i, j] >= 0.5:
+            out.append({"face": f"finder_box:{spec['name']}", "box": list(faces[i].box), "label": sample["label"],
+                        "det_score": faces[i].score, "crop": crop_face(rgb, faces[i].box, params["margin"], params["crop_size"]),
+                        "reason": ""})
+    return out
 
 
 # ------------------------------------------------------------------------- the stage
@@ -240,14 +275,30 @@ def _params(cfg: DictConfig) -> dict[str, Any]:
         "min_image_side": int(data.min_image_side),
         "min_box_size": int(data.get("min_box_size", 0)),
         "max_pixels": int(data.max_pixels),
+        "finder_boxes": _finder_spec(cfg) if data.format == "voc" else None,
     }
+
+
+def _finder_spec(cfg: DictConfig) -> dict[str, Any] | None:
+    """``data.finder_boxes``: the finder (with its conf/detect settings) for extra crops."""
+    from omegaconf import OmegaConf
+
+    name = cfg.data.get("finder_boxes")
+    if not name:
+        return None
+    settings = OmegaConf.to_container(cfg.detect.finders[str(name)], resolve=True)
+    # Crops are cut around the finder's raw boxes: its calibration and licence note do not change them.
+    return {"name": str(name), "settings": {k: v for k, v in settings.items() if k not in ("box_calibration", "licence")}}
 
 
 def run(cfg: DictConfig, ctx: StageContext, name: str = "prepare") -> PreparedData:
     """Prepare ``cfg.data``; ``name`` names the output folder and the MLflow prefix (an
     extra evaluation set is prepared as ``xtest_<set>``)."""
+    if cfg.data.format == "union":
+        return _run_union(cfg, ctx, name)
     params = _params(cfg)
-    params_key = digest(params)
+    params_key = digest(params)  # where the finders' files live does not change the crops
+    params["face_weights_dirs"] = [str(cfg.paths.face_weights_dir)]
     crops_root = ctx.cache_dir / "crops" / params_key
     items = list_items(cfg.data)
     log.info("prepare: %d files listed under %s", len(items), cfg.data.root)
@@ -313,7 +364,8 @@ def run(cfg: DictConfig, ctx: StageContext, name: str = "prepare") -> PreparedDa
     for row, split_name, gid in zip(kept, result.split, result.group):
         row["split"], row["group"] = split_name, gid
 
-    data_digest = digest([(r["sample_id"], r["sha256"], r["label"], r["split"], r["status"]) for r in rows])
+    # The crop settings count too: the same files cut another way are other training data.
+    data_digest = digest([[(r["sample_id"], r["sha256"], r["label"], r["split"], r["status"]) for r in rows], params_key])
     out_dir = ctx.run_dir / name
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = out_dir / "manifest.csv"
@@ -332,6 +384,57 @@ def run(cfg: DictConfig, ctx: StageContext, name: str = "prepare") -> PreparedDa
         digest=data_digest,
         counts=report["counts"],
     )
+
+
+def _run_union(cfg: DictConfig, ctx: StageContext, name: str) -> PreparedData:
+    """``data.format: union``: each of ``data.parts`` prepared (and split) by its own rules,
+    then one manifest of all their rows (``part`` names the part; paths relative to
+    ``data.root`` where they can be), with the union's classes."""
+    from omegaconf import OmegaConf, open_dict
+
+    root = Path(cfg.data.root)
+    rows: list[dict[str, Any]] = []
+    digests = []
+    for part_name, part_cfg in cfg.data.parts.items():
+        sub = cfg.copy()
+        with open_dict(sub):  # resolved first: the part's ${data.*} mean the union's
+            sub.data = OmegaConf.create(OmegaConf.to_container(part_cfg, resolve=True))
+        prepared = run(sub, ctx, name=f"{name}_{part_name}")
+        ctx.results[f"data:{part_cfg.name}"] = (sub.data, prepared)  # evaluate reuses the part's split
+        digests.append(prepared.digest)
+        part_root = Path(part_cfg.root)
+        prefix = part_root.relative_to(root).as_posix() + "/" if part_root.is_relative_to(root) else str(part_root) + "/"
+        with open(prepared.manifest, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                rows.append({**row, "sample_id": prefix + row["sample_id"], "path": prefix + row["path"],
+                             "group": f"{part_name}:{row['group']}" if row["group"] else "", "part": str(part_name)})
+    classes = _classes(cfg.data, rows)
+    data_digest = digest([digests, list(classes)])
+    out_dir = ctx.run_dir / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = out_dir / "manifest.csv"
+    _write_manifest(manifest, rows)
+    counts = {s: {c: 0 for c in classes} for s in ("train", "val", "test")}
+    for r in rows:
+        if r["status"] == "ok":
+            counts[r["split"]][r["label"]] += 1
+    skipped = [r for r in rows if r["status"] != "ok"]
+    report = {"dataset": cfg.data.name, "root": str(root), "digest": data_digest, "parts": list(cfg.data.parts.keys()),
+              "samples_kept": len(rows) - len(skipped), "samples_skipped": len(skipped),
+              "skip_reasons": dict(Counter(r["reason"] for r in skipped)), "classes": classes, "counts": counts,
+              "face_source": dict(Counter(r["face"].split(":")[0] for r in rows if r["status"] == "ok"))}
+    atomic_write_json(out_dir / "data_report.json", report)
+    kept = [r for r in rows if r["status"] == "ok"]
+    _sample_grid(kept, classes, out_dir / "samples.png")
+    import mlflow
+
+    if mlflow.active_run() is not None and name == "prepare":
+        mlflow.log_params({"data_digest": data_digest, "data_name": cfg.data.name, "data_classes": ",".join(classes)})
+        mlflow.log_metrics({f"{name}_samples_kept": report["samples_kept"], **{f"{name}_n_{s}": sum(c.values()) for s, c in counts.items()}})
+        mlflow.log_artifacts(str(out_dir), artifact_path=name)
+    log.info("prepare: union of %s: %s", list(cfg.data.parts.keys()), counts)
+    return PreparedData(manifest=manifest, report=out_dir / "data_report.json", classes=tuple(classes), digest=data_digest,
+                        counts=counts)
 
 
 def _read_record(path: str) -> dict[str, Any] | None:

@@ -78,7 +78,8 @@ def _to_bytes(value: Any, max_bytes: int) -> bytes:
 class MaskDetectionModel(mlflow.pyfunc.PythonModel):
     """Detect faces and classify masks. Artifacts: ``keras_model`` (the classifier, .keras),
     ``meta`` (JSON: classes, input_size, detector settings, limits) and, with
-    ``detector.backend=facedet``, ``face_detector`` (the trained detector, .keras)."""
+    ``detector.backend=facedet``, ``face_detector`` (the trained detector, .keras); with
+    a pretrained finder, ``finder_<i>`` (its ONNX files, checked by sha256 at load)."""
 
     def load_context(self, context) -> None:
         import keras
@@ -99,6 +100,8 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
 
             self.face_model = keras.models.load_model(face_path, compile=False)
         self.face_classes: list[str] = list(meta.get("face_classes") or [])
+        # The pretrained finders' model files travel as artifacts: no ../shared at run time.
+        self.finder_dirs = sorted({str(Path(p).parent) for k, p in context.artifacts.items() if k.startswith("finder_")})
         self._detectors: dict[bool, Any] = {}
 
     def detector(self, faces_only: bool = False):
@@ -107,7 +110,7 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
             from maskflow.detect import Classifier, Detector, detector_kwargs
 
             classifier = Classifier(self.model, self.classes, self.input_size, face_model=getattr(self, "face_model", None),
-                                    face_classes=getattr(self, "face_classes", ()))
+                                    face_classes=getattr(self, "face_classes", ()), finder_dirs=getattr(self, "finder_dirs", ()))
             self._detectors[faces_only] = Detector(classifier, faces_only=faces_only, **detector_kwargs(self.detector_settings))
         return self._detectors[faces_only]
 
@@ -118,15 +121,23 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
         from maskflow.detect import Frame
         from maskflow.imageio import DecodeError, decode_image
 
+        if isinstance(model_input, pd.DataFrame) and len(model_input) == 0:
+            raise MlflowException.invalid_parameter_value("the request has no rows: send at least one image")
         if not isinstance(model_input, pd.DataFrame) or "image" not in model_input.columns:
             raise MlflowException.invalid_parameter_value("expected rows with an 'image' column of base64-encoded images")
         sources = list(model_input["source"]) if "source" in model_input.columns else [None] * len(model_input)
         images, errors = [], []
+        from maskflow.detect import MIN_IMAGE_SIDE
+
         for i, value in enumerate(model_input["image"]):
             try:
-                images.append(decode_image(_to_bytes(value, self.max_bytes), max_pixels=self.max_pixels).rgb)
+                rgb = decode_image(_to_bytes(value, self.max_bytes), max_pixels=self.max_pixels).rgb
             except (DecodeError, ValueError) as exc:
                 errors.append(f"row {i}: {exc}")
+                continue
+            if min(rgb.shape[:2]) < MIN_IMAGE_SIDE:  # the rule prepare and the detect CLI apply
+                errors.append(f"row {i}: tiny_image ({rgb.shape[1]}x{rgb.shape[0]} px, under {MIN_IMAGE_SIDE} px)")
+            images.append(rgb)
         if errors:
             raise MlflowException.invalid_parameter_value(
                 f"{len(errors)} of {len(model_input)} images refused (nothing was scored): " + "; ".join(errors[:20]))
@@ -156,7 +167,8 @@ def meta_for(classes: Sequence[str], input_size: int, model_name: str, detector:
 PYFUNC_API = 3
 
 
-def log_pyfunc(keras_model: Path, meta: dict, meta_path: Path, example_images: Sequence[Path], face_model: Path | None = None):
+def log_pyfunc(keras_model: Path, meta: dict, meta_path: Path, example_images: Sequence[Path], face_model: Path | None = None,
+               finder_files: Sequence[Path] = ()):
     """Log the pyfunc model (with signature, input example and this package's code) to
     the active MLflow run; returns MLflow's ModelInfo."""
     from maskflow.tracking import pip_requirements
@@ -166,6 +178,8 @@ def log_pyfunc(keras_model: Path, meta: dict, meta_path: Path, example_images: S
     artifacts = {"keras_model": str(keras_model), "meta": str(meta_path)}
     if face_model is not None:
         artifacts["face_detector"] = str(face_model)
+    for i, path in enumerate(finder_files):
+        artifacts[f"finder_{i}"] = str(path)
     return mlflow.pyfunc.log_model(
         name="pyfunc",
         python_model=MaskDetectionModel(),

@@ -1,0 +1,103 @@
+"""``build_finder``: the one place that turns detector settings into a :class:`Finder`.
+
+Settings are ``conf/detect``'s ``finders.<name>`` blocks (stored with a registered
+model). ``folders`` are searched for the finders' model files (checked by sha256).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from maskflow.detection.boxes import weighted_box_fusion
+from maskflow.detection.weights import resolve
+from maskflow.faces import Face
+
+log = logging.getLogger(__name__)
+
+ONNX_FINDERS = ("yunet", "ultraface", "scrfd")
+FINDERS = ONNX_FINDERS + ("fusion", "mtcnn")
+# Settings keys that are not the finder constructor's.
+_NOT_KWARGS = {"file", "sha256", "box_calibration", "licence", "members", "method", "iou", "weights"}
+
+
+class MtcnnFinder:
+    """MTCNN (:class:`maskflow.faces.FaceDetector`) as a :class:`Finder` (a fusion member)."""
+
+    name = "mtcnn"
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        from maskflow.faces import FaceDetector
+
+        self.detector = FaceDetector(min_face_size=float(settings.get("min_face", 9)), max_side=int(settings.get("max_side", 640)),
+                                     thresholds=tuple(settings.get("thresholds") or (0.5, 0.6, 0.5)))
+
+    def find(self, rgb: np.ndarray, still: bool = False) -> list[Face]:
+        return self.detector.detect(rgb)
+
+
+class FusionFinder:
+    """Several finders on the same frame, their boxes fused (:func:`weighted_box_fusion`)."""
+
+    name = "fusion"
+
+    def __init__(self, members: Sequence[Any], iou: float = 0.55, method: str = "wbf", weights: Sequence[float] | None = None,
+                 calibrations: Sequence[Mapping | None] = ()) -> None:
+        self.members = list(members)
+        self.iou, self.method = float(iou), str(method)
+        self.weights = list(weights) if weights else None
+        # Members' boxes follow different conventions: each is moved to the annotations'
+        # before fusing, so the fused box is an average of like with like.
+        self.calibrations = list(calibrations) or [None] * len(self.members)
+
+    def find(self, rgb: np.ndarray, still: bool = False) -> list[Face]:
+        from maskflow.detection.boxes import calibrated
+
+        h, w = rgb.shape[:2]
+        groups = [[calibrated(f, c, w, h) for f in m.find(rgb, still)] for m, c in zip(self.members, self.calibrations)]
+        return weighted_box_fusion(groups, self.iou, self.weights, self.method)
+
+
+def _onnx_finder(name: str, settings: Mapping[str, Any], folders: Sequence[str | Path]):
+    from maskflow.detection import onnx_finders
+
+    classes = {"yunet": onnx_finders.YuNetFinder, "ultraface": onnx_finders.UltraFaceFinder, "scrfd": onnx_finders.ScrfdFinder}
+    if name == "scrfd":
+        print(f"maskflow: warning: {onnx_finders.SCRFD_LICENCE}", file=sys.stderr)
+    path = resolve(str(settings["file"]), settings.get("sha256"), folders)
+    kwargs = {k: v for k, v in settings.items() if k not in _NOT_KWARGS}
+    return classes[name](path, **kwargs)
+
+
+def build_finder(name: str, finders: Mapping[str, Mapping[str, Any]], folders: Sequence[str | Path] = ()):
+    """The finder called ``name`` (``conf/detect`` ``backend``), built from ``finders[name]``."""
+    if name not in FINDERS:
+        raise ValueError(f"unknown face finder {name!r}; choose from {list(FINDERS)} (or facedet, the trained CenterNet)")
+    settings = dict(finders.get(name) or {})
+    if name == "mtcnn":
+        return MtcnnFinder(settings)
+    if name == "fusion":
+        members = list(settings.get("members") or [])
+        if not members or any(m == "fusion" for m in members):
+            raise ValueError(f"finders.fusion.members must list other finders, got {members}")
+        return FusionFinder([build_finder(m, finders, folders) for m in members], settings.get("iou", 0.55),
+                            settings.get("method", "wbf"), settings.get("weights"),
+                            [(finders.get(m) or {}).get("box_calibration") for m in members])
+    return _onnx_finder(name, settings, folders)
+
+
+def finder_files(name: str, finders: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The model file names finder ``name`` needs (to ship them inside a registered model)."""
+    settings = finders.get(name) or {}
+    if name == "fusion":
+        return sorted({f for m in settings.get("members") or [] for f in finder_files(m, finders)})
+    return [str(settings["file"])] if name in ONNX_FINDERS and settings.get("file") else []
+
+
+def file_sha256(finders: Mapping[str, Mapping[str, Any]], file: str) -> str | None:
+    """The sha256 the settings give for model file ``file``."""
+    return next((str(v["sha256"]) for v in finders.values() if v.get("file") == file and v.get("sha256")), None)

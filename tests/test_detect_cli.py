@@ -1,0 +1,93 @@
+"""``python -m maskflow.detect`` with a registered model that carries a pretrained finder:
+the finder's file travels inside the model, every input gets a row or a reason, exit
+codes as documented, outputs never overwrite one another."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from maskflow.detect import output_path
+
+from .conftest import SCENES, compose, needs_shared
+from .test_serving import tiny_keras_model
+
+
+def test_output_paths_mirror_the_tree_and_never_collide(tmp_path):
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    out, taken = tmp_path / "out", set()
+    names = [output_path(out, str(root / n), [str(root)], ".jpg", taken) for n in ("a.jpg", "a.png", "sub/a.jpg")]
+    assert len(set(names)) == 3 and names[1].name == "a.png.jpg" and names[2].parent.name == "sub"
+    (out / "in").mkdir(parents=True, exist_ok=True)
+    (out / "in" / "b.jpg").write_bytes(b"from an earlier run")
+    assert output_path(out, str(root / "b.jpg"), [str(root)], ".jpg", taken).name == "b-1.jpg"  # never replaced
+
+
+@pytest.fixture(scope="module")
+def yunet_model(tmp_path_factory):
+    """A tiny classifier registered with detect=yunet in a sqlite store; returns the store URI."""
+    import mlflow
+    from omegaconf import OmegaConf
+
+    from maskflow import serving
+    from maskflow.export import _finder_files, register_pyfunc
+
+    tmp = tmp_path_factory.mktemp("yunet_model")
+    cfg = compose(tmp, ["detect=yunet"])
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("t")
+    try:
+        model = tiny_keras_model(tmp / "model.keras")
+        meta = serving.meta_for(["with_mask", "without_mask"], 32, "tiny", OmegaConf.to_container(cfg.detect, resolve=True))
+        files = _finder_files(cfg)
+        assert [p.name for p in files] == [cfg.detect.finders.yunet.file]
+        with mlflow.start_run():
+            register_pyfunc("m", model, meta, tmp / "meta.json", [SCENES / "images" / "maksssksksss0.jpg"], {}, finder_files=files)
+    finally:
+        mlflow.set_tracking_uri(None)
+    return uri
+
+
+def _detect(uri: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    # No ../shared weights at run time: the finder must come from the model itself.
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MASKFLOW_FACE_WEIGHTS_DIR": str(cwd / "no-weights-here")}
+    return subprocess.run([sys.executable, "-m", "maskflow.detect", *args, "--model", "models:/m/1", "--tracking-uri", uri],
+                          capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
+
+
+@needs_shared
+def test_detect_cli_reports_every_bad_input_and_exits_1(yunet_model, tmp_path):
+    import cv2
+
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    scene = SCENES / "images" / "maksssksksss0.jpg"
+    shutil.copy(scene, inputs / "a.jpg")
+    cv2.imwrite(str(inputs / "a.png"), cv2.imread(str(scene)))
+    shutil.copy(scene, inputs / "sub" / "a.jpg")
+    cv2.imwrite(str(inputs / "tiny.png"), np.zeros((1, 1, 3), np.uint8))
+    (inputs / "folder.jpg").mkdir()
+    os.symlink(inputs / "gone.jpg", inputs / "dangling.jpg")
+    jsonl, out = tmp_path / "faces.jsonl", tmp_path / "out"
+    proc = _detect(yunet_model, str(inputs), str(tmp_path / "missing.jpg"), "--jsonl", str(jsonl), "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    for reason in ("tiny.png: tiny_image", "folder.jpg: a directory", "dangling.jpg: a dangling", "missing.jpg: not found"):
+        assert reason in proc.stderr, reason
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert sorted(Path(r["source"]).relative_to(inputs).as_posix() for r in records) == ["a.jpg", "a.png", "sub/a.jpg"]
+    assert all(len(r["faces"]) >= 2 for r in records)  # YuNet, loaded from the model's own copy, found the faces
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == ["in/a.jpg", "in/a.png.jpg", "in/sub/a.jpg"]
+    assert "errors=4" in proc.stderr.splitlines()[-1]
+
+    good = _detect(yunet_model, str(inputs / "a.jpg"), cwd=tmp_path)
+    assert good.returncode == 0, good.stderr[-2000:]
