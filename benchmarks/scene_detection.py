@@ -63,7 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="models:/maskflow@champion")
     parser.add_argument("--finders", nargs="+", default=["yunet", "ultraface", "fusion", "scrfd", "mtcnn"])
-    parser.add_argument("--splits", nargs="+", default=["val", "test"])
+    parser.add_argument("--splits", nargs="*", default=["val", "test"], help="none: speed and close-ups only")
     parser.add_argument("--closeups", type=int, default=610, help="close-up test photos (0: skip)")
     parser.add_argument("--frames", type=int, default=150, help="640x480 video frames (0: skip speed)")
     parser.add_argument("--out", type=Path, default=None, help="also write each row as JSON lines here")

@@ -139,6 +139,12 @@ def test_union_of_both_sets_keeps_each_parts_split_and_adds_finder_crops(tmp_pat
         if r["part"] == "scenes":
             by_scene.setdefault(r["path"], set()).add(r["split"])
     assert all(len(splits) == 1 for splits in by_scene.values())  # a scene's crops never straddle splits
+    # ... and the finder's extra crops do not move any scene: the split is the plain set's.
+    plain = prepare.run(cfg_factory(["data=mask-scenes-853", "data.limit_per_class=4", "data.workers=1"]),
+                        StageContext(run_dir=tmp_path / "plain", cache_dir=tmp_path / "cache"))
+    with open(plain.manifest, newline="", encoding="utf-8") as f:
+        plain_split = {"mask-scenes-853/" + r["path"]: r["split"] for r in csv.DictReader(f) if r["status"] == "ok"}
+    assert {p: s.pop() for p, s in by_scene.items()} == plain_split
     # The parts' own results are reused by stages that ask for a part by name (no second prepare).
     assert ctx.results["data:mask-scenes-853"][1].digest
     again = prepare.run(cfg, StageContext(run_dir=tmp_path / "run2", cache_dir=tmp_path / "cache"))

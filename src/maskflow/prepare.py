@@ -350,6 +350,10 @@ def run(cfg: DictConfig, ctx: StageContext, name: str = "prepare") -> PreparedDa
     rows = _rows(items, records, keys, cfg.data)
     classes = _classes(cfg.data, rows)
     kept = [r for r in rows if r["status"] == "ok"]
+    # Finder-box crops are second views of annotated faces: they follow their scene's
+    # split and do not weigh in it, so the split is the same with or without them.
+    extra_views = [r for r in kept if r["face"].startswith("finder_box")]
+    kept = [r for r in kept if not r["face"].startswith("finder_box")]
     result = splitting.assign_splits(
         sha256=[r["sha256"] for r in kept],
         phash=[r["phash"] for r in kept],
@@ -363,6 +367,11 @@ def run(cfg: DictConfig, ctx: StageContext, name: str = "prepare") -> PreparedDa
     )
     for row, split_name, gid in zip(kept, result.split, result.group):
         row["split"], row["group"] = split_name, gid
+    by_path = {r["path"]: (r["split"], r["group"]) for r in kept}
+    for row in extra_views:
+        row["split"], row["group"] = by_path.get(row["path"], ("", ""))
+        if not row["split"]:  # its scene has no annotated crop left: not a sample
+            row["status"], row["reason"] = "skipped", "finder_box_without_annotated_crop"
 
     # The crop settings count too: the same files cut another way are other training data.
     data_digest = digest([[(r["sample_id"], r["sha256"], r["label"], r["split"], r["status"]) for r in rows], params_key])
