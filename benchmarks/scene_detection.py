@@ -92,6 +92,8 @@ def main() -> None:
         args.model = str(args.keras)
     else:
         classifier = Classifier.from_uri(args.model)
+        # The model carries its own finder's file; the others come from ../shared.
+        classifier.finder_dirs.append(str(Path(__file__).resolve().parents[2] / "shared" / "weights" / "faces"))
     stored = classifier.settings
     items = {split: held_out_items(split) for split in args.splits}
     rows = closeup_rows(args.closeups) if args.closeups else []

@@ -149,3 +149,31 @@ def test_union_of_both_sets_keeps_each_parts_split_and_adds_finder_crops(tmp_pat
     assert ctx.results["data:mask-scenes-853"][1].digest
     again = prepare.run(cfg, StageContext(run_dir=tmp_path / "run2", cache_dir=tmp_path / "cache"))
     assert again.digest == result.digest
+
+
+def test_voc_files_naming_one_image_are_merged_and_ids_stay_unique(tmp_path):
+    root = tmp_path / "scenes"
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    Image.new("RGB", (200, 100), (90, 90, 90)).save(root / "images" / "s.jpg")
+
+    def voc(name: str, boxes: list[tuple[int, int, int, int]]) -> None:
+        objects = "".join(f"<object><name>with_mask</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax>"
+                          f"<ymax>{d}</ymax></bndbox></object>" for a, b, c, d in boxes)
+        (root / "annotations" / name).write_text(f"<annotation><filename>s.jpg</filename>{objects}</annotation>")
+
+    voc("a.xml", [(10, 10, 40, 40), (50, 10, 80, 40)])
+    voc("b.xml", [(50, 10, 80, 40), (100, 10, 130, 40)])  # one face repeated, one new
+    (item,) = prepare.list_voc_dataset(root)
+    assert len(item.objects) == 3
+
+
+def test_a_folder_with_no_usable_file_stops_with_a_clear_message(tmp_path, cfg_factory):
+    import pytest
+
+    data = tmp_path / "data"
+    (data / "with_mask").mkdir(parents=True)
+    (data / "with_mask" / "empty.jpg").write_bytes(b"")
+    cfg = cfg_factory([f"data.root={data}", "data.workers=1"])
+    with pytest.raises(ValueError, match="no usable sample.*empty_file"):
+        prepare.run(cfg, StageContext(run_dir=tmp_path / "run", cache_dir=tmp_path / "cache"))

@@ -79,7 +79,10 @@ def parse_voc(xml_path: Path) -> tuple[str, list[tuple[str, tuple[int, int, int,
 
 
 def list_voc_dataset(root: Path, images: str = "images", annotations: str = "annotations") -> list[Item]:
-    items, seen = [], set()
+    """One item per annotated image. Annotation files that name the same image are merged
+    (their faces together, exact repeats once) and the merge is logged, so no face is lost
+    and every sample id stays unique."""
+    items, seen = [], {}  # image name -> index in items
     image_dir = root / images
     for xml_path in sorted((root / annotations).glob("*.xml")):
         rel_xml = xml_path.relative_to(root).as_posix()
@@ -92,7 +95,14 @@ def list_voc_dataset(root: Path, images: str = "images", annotations: str = "ann
         if not path.exists():
             items.append(Item(path=xml_path, rel=rel_xml, label=None, problem="image_missing"))
             continue
-        seen.add(path.name)
+        if path.name in seen:
+            first = items[seen[path.name]]
+            merged = tuple(dict.fromkeys(first.objects + tuple(objects)))
+            log.warning("prepare: %s also annotates %s: merged (%d + %d faces -> %d)", rel_xml, path.name,
+                        len(first.objects), len(objects), len(merged))
+            items[seen[path.name]] = Item(path=first.path, rel=first.rel, label=None, objects=merged)
+            continue
+        seen[path.name] = len(items)
         items.append(Item(path=path, rel=path.relative_to(root).as_posix(), label=None, objects=tuple(objects)))
     if image_dir.is_dir():
         for path in sorted(image_dir.iterdir()):
@@ -348,6 +358,10 @@ def run(cfg: DictConfig, ctx: StageContext, name: str = "prepare") -> PreparedDa
                     records[rel] = record
 
     rows = _rows(items, records, keys, cfg.data)
+    if not any(r["status"] == "ok" for r in rows):
+        reasons = Counter(r["reason"] for r in rows)
+        raise ValueError(f"prepare: no usable sample in {cfg.data.root} ({len(items)} files listed; skip reasons: "
+                         f"{dict(reasons) or 'none'}): check data.root and data.format")
     classes = _classes(cfg.data, rows)
     kept = [r for r in rows if r["status"] == "ok"]
     # Finder-box crops are second views of annotated faces: they follow their scene's

@@ -8,6 +8,7 @@ file fails at start with a message naming the file and its expected checksum.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -22,7 +23,10 @@ _VERIFIED: dict[tuple[str, float], str] = {}  # (path, mtime) -> sha256, so a fi
 
 
 def resolve(file: str, sha256: str | None, folders: Sequence[str | Path]) -> Path:
-    """The path of ``file`` in the first folder that has it, checked against ``sha256``."""
+    """The path of ``file`` in the first folder that has it, checked against ``sha256``;
+    ``$MASKFLOW_FACE_WEIGHTS_DIR``, where set, is searched after ``folders`` (so the CLI
+    can use a finder that a registered model does not carry)."""
+    folders = [*folders, os.environ.get("MASKFLOW_FACE_WEIGHTS_DIR", "")]
     candidates = [Path(file)] if Path(file).is_absolute() else [Path(d) / file for d in folders if d]
     for path in candidates:
         if not path.is_file():
@@ -37,4 +41,4 @@ def resolve(file: str, sha256: str | None, folders: Sequence[str | Path]) -> Pat
         return path
     where = ", ".join(str(p.parent) for p in candidates) or "no folder given"
     raise FinderFileError(f"face finder file {file} (sha256 {sha256 or 'unchecked'}) not found in: {where}. "
-                          "Set paths.face_weights_dir (or MASKFLOW_FACE_WEIGHTS_DIR) to the folder that holds it")
+                          "Point paths.face_weights_dir, MASKFLOW_FACE_WEIGHTS_DIR or detect --finder-dir at the folder that holds it")
