@@ -251,3 +251,29 @@ def test_a_version_is_reused_only_for_the_same_files_and_settings(tmp_path):
         assert versions[0] == versions[1] != versions[2]
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def test_a_version_left_without_its_tags_is_found_and_finished(tmp_path):
+    """A run killed between register_model and the tags: the next export finds the
+    version by the identity tags set with the registration, and completes its tags."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from maskflow import serving
+    from maskflow.export import register_pyfunc
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_experiment("t")
+    try:
+        model_path = tiny_keras_model(tmp_path / "model.keras")
+        meta = serving.meta_for(["with_mask", "without_mask"], 32, "tiny", {"backend": "mtcnn"})
+        with mlflow.start_run():
+            first = register_pyfunc("m", model_path, meta, tmp_path / "meta.json", scene_images(1), {"test_accuracy": "0.9"})
+        client = MlflowClient()
+        client.delete_model_version_tag("m", first, "test_accuracy")  # as if killed before the tags
+        with mlflow.start_run():
+            again = register_pyfunc("m", model_path, meta, tmp_path / "meta.json", scene_images(1), {"test_accuracy": "0.9"})
+        assert again == first and len(client.search_model_versions("name = 'm'")) == 1
+        assert client.get_model_version("m", first).tags["test_accuracy"] == "0.9"
+    finally:
+        mlflow.set_tracking_uri(None)

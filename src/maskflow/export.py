@@ -229,17 +229,20 @@ def register_pyfunc(name: str, keras_model: Path, meta: dict, meta_path: Path, e
     except Exception:  # noqa: BLE001 - older servers lack tag filters; register anew
         existing = []
     existing = [v for v in existing if v.tags.get("pyfunc_api") == str(serving.PYFUNC_API)]
+    identity = {"model_sha256": model_sha, "pyfunc_api": str(serving.PYFUNC_API)}
+    present: dict[str, str] = {}
     if existing:
-        version = str(max(int(v.version) for v in existing))
+        chosen = max(existing, key=lambda v: int(v.version))
+        version, present = str(chosen.version), dict(chosen.tags)
         log.info("export: model already registered as %s version %s", name, version)
-        mlflow.set_tag("registered_version", version)
-        return version
-
-    info = serving.log_pyfunc(keras_model, meta, meta_path, examples, face_model, finder_files)
-    registered = mlflow.register_model(info.model_uri, name)
-    version = str(registered.version)
-    for key, value in {**tags, "model_sha256": model_sha, "pyfunc_api": str(serving.PYFUNC_API)}.items():
-        client.set_model_version_tag(name, version, key, value)
+    else:
+        info = serving.log_pyfunc(keras_model, meta, meta_path, examples, face_model, finder_files)
+        # The identity tags go on with the registration itself, so a run killed right after
+        # it leaves a version the next run finds (and finishes below) instead of a duplicate.
+        version = str(mlflow.register_model(info.model_uri, name, tags=identity).version)
+        log.info("export: registered %s version %s", name, version)
+    for key, value in {**tags, **identity}.items():  # completes a version a killed run left without its tags
+        if key not in present:
+            client.set_model_version_tag(name, version, key, value)
     mlflow.set_tag("registered_version", version)
-    log.info("export: registered %s version %s", name, version)
     return version

@@ -88,16 +88,74 @@ def pipeline_run(cfg: DictConfig, root: Path, run_dir: Path) -> Iterator[str]:
     """One MLflow run per pipeline invocation, with config, commit and run folder."""
     import mlflow
 
-    configure(cfg)
+    experiment_id = configure(cfg)
     import os
+    import signal
+    import socket
 
     tags = {"git_commit": git_commit(root), "run_dir": str(run_dir), "model": cfg.model.name, "data": cfg.data.name,
             # thread caps set by a launcher (conf/launcher/joblib.yaml), to compare timings fairly
-            "tf_intraop_threads": os.environ.get("TF_NUM_INTRAOP_THREADS", "default")}
-    with mlflow.start_run(run_name=cfg.get("run_name"), tags=tags) as run:
-        params = flat_params(cfg)
-        items = sorted(params.items())
-        for i in range(0, len(items), 90):  # MLflow accepts at most 100 params per batch
-            mlflow.log_params(dict(items[i : i + 90]))
-        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        yield run.info.run_id
+            "tf_intraop_threads": os.environ.get("TF_NUM_INTRAOP_THREADS", "default"),
+            # who runs it, so a later run can tell a dead run from a live one
+            "host": socket.gethostname(), "pid": str(os.getpid())}
+    close_dead_runs(experiment_id)
+    # SIGTERM (a scheduler, `kill`) ends the run as KILLED instead of leaving it RUNNING;
+    # SIGKILL cannot be caught: close_dead_runs marks that run when the next one starts.
+    previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
+    try:
+        with mlflow.start_run(run_name=cfg.get("run_name"), tags=tags) as run:
+            params = flat_params(cfg)
+            items = sorted(params.items())
+            for i in range(0, len(items), 90):  # MLflow accepts at most 100 params per batch
+                mlflow.log_params(dict(items[i : i + 90]))
+            mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+            try:
+                yield run.info.run_id
+            except KeyboardInterrupt:
+                mlflow.set_tag("ended_by", "interrupted (SIGINT or SIGTERM)")
+                mlflow.end_run("KILLED")
+                raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _terminate(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def close_dead_runs(experiment_id: str) -> int:
+    """Runs of this experiment left RUNNING by a process of this host that no longer
+    exists (killed with SIGKILL, or the machine stopped) are marked KILLED, with a tag
+    saying why; runs of live processes and of other hosts are left alone."""
+    import socket
+
+    from mlflow.tracking import MlflowClient
+
+    client, host, closed = MlflowClient(), socket.gethostname(), 0
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=200):
+        pid = run.data.tags.get("pid")
+        if run.data.tags.get("host") != host or not (pid or "").isdigit() or _alive(int(pid)):
+            continue
+        client.set_tag(run.info.run_id, "ended_by", f"process {pid} on {host} was gone when a later run started")
+        client.set_terminated(run.info.run_id, "KILLED")
+        closed += 1
+    return closed
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
