@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from maskflow.config import CONF_DIR, register_resolvers
 from maskflow.detection.boxes import calibrated
@@ -51,7 +52,7 @@ def main() -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["detect=yunet", *args.set])
     folder = Path(cfg.paths.data_dir) / "mask-scenes-853"
-    finders = {k: dict(v) for k, v in cfg.detect.finders.items()}
+    finders = OmegaConf.to_container(cfg.detect.finders, resolve=True)
     items = voc_items(folder, split_names(folder, args.split), args.limit)
     train = voc_items(folder, split_names(folder, "train"), 200) if args.fit else []
     for name in args.finders:

@@ -429,7 +429,8 @@ def add_detector_args(parser: argparse.ArgumentParser) -> None:
                         help="yunet/ultraface/scrfd, still images: upscale to this long side for small faces (0: off)")
     parser.add_argument("--labels", choices=("detector", "classifier", "fuse"), default=None,
                         help="facedet: label faces by the detector's class maps, the crop classifier, or the mean of both")
-    parser.add_argument("--long-side", type=int, default=None, help="facedet: frames are resized to this long side")
+    parser.add_argument("--long-side", type=int, default=None,
+                        help="frames are resized to this long side (facedet, yunet, ultraface, scrfd); 480: yunet's real-time setting")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                         help="facedet: also run the mirrored frame and average (more accurate, 2x the cost)")
     parser.add_argument("--zoom-side", type=int, default=None,
@@ -453,6 +454,9 @@ def detector_settings(args: argparse.Namespace, classifier: Classifier) -> dict:
              "backend": args.backend, "labels": args.labels, "long_side": args.long_side, "flip": args.flip,
              "peaks": args.peaks, "runner_up": args.runner_up}
     finders = {k: dict(v) for k, v in (classifier.settings.get("finders") or {}).items()}
+    if args.long_side is not None:  # the finder's frame size too (yunet/ultraface/scrfd)
+        for name in ("yunet", "ultraface", "scrfd"):
+            finders.setdefault(name, {})["long_side"] = args.long_side
     if args.still_long_side is not None:
         for name in ("yunet", "ultraface", "scrfd"):
             finders.setdefault(name, {})["still_long_side"] = args.still_long_side or None
