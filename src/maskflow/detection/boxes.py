@@ -1,4 +1,4 @@
-"""Box geometry shared by the finders: resizing for a finder's input, NMS, box fusion.
+"""Box geometry shared by the finders: scale for a finder's input, NMS, box fusion, calibration.
 
 Boxes are ``(x, y, w, h)`` in pixels of the original image unless a name says corners
 (``x0, y0, x1, y1``).
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import cv2
 import numpy as np
 
 from maskflow.faces import Face
@@ -21,14 +20,6 @@ def fit_scale(height: int, width: int, long_side: int | None, max_pixels: int = 
     if height * width * scale * scale > max_pixels:
         scale = (max_pixels / (height * width)) ** 0.5
     return scale
-
-
-def resize(rgb: np.ndarray, scale: float) -> np.ndarray:
-    if abs(scale - 1.0) < 1e-6:
-        return rgb
-    h, w = rgb.shape[:2]
-    size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR)
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -21,8 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from maskflow.detection.boxes import fit_scale, nms, resize, to_faces
-from maskflow.faces import Face
+from maskflow.detection.boxes import fit_scale, nms, to_faces
+from maskflow.faces import Face, resize_to_scale
 
 SCRFD_LICENCE = ("SCRFD's model terms (InsightFace) allow non-commercial research use only: "
                  "do not use detect=scrfd in a product")
@@ -80,10 +80,10 @@ class OnnxFinder:
         if min(h, w) < 2:
             return []
         base_scale = fit_scale(h, w, self.long_side)
-        passes = [(resize(rgb, base_scale), base_scale, 0, 0)]
+        passes = [(resize_to_scale(rgb, base_scale), base_scale, 0, 0)]
         if still and self.still_long_side and self.still_long_side > max(h, w) * base_scale:
             big_scale = fit_scale(h, w, self.still_long_side)
-            big = resize(rgb, big_scale)
+            big = resize_to_scale(rgb, big_scale)
             if self.tiles:
                 passes += [(tile, big_scale, x, y) for tile, x, y in _tiles(big, self.long_side or 640, self.tile_overlap)]
             else:  # the base pass stays: faces that fill the frame are found at the base scale
@@ -201,7 +201,7 @@ class ScrfdFinder(OnnxFinder):
     def _pass(self, rgb: np.ndarray) -> PassResult:
         h, w = rgb.shape[:2]
         scale = self.SIDE / max(h, w)
-        image = resize(rgb, scale)
+        image = resize_to_scale(rgb, scale)
         canvas = np.zeros((self.SIDE, self.SIDE, 3), np.uint8)
         canvas[: image.shape[0], : image.shape[1]] = image
         blob = ((canvas.astype(np.float32) - 127.5) / 128.0).transpose(2, 0, 1)[None]
