@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # REST serving of the registered champion: POST /invocations with base64 images, get the
-# same face records as `maskflow.detect --jsonl`. `--env-manager local` uses this
-# environment (works offline); on a machine with network, `virtualenv` or `conda` build
-# the model's own environment from its pinned requirements instead.
+# same face records as `maskflow.detect --jsonl`. `maskflow.rest` is MLflow's scoring
+# protocol with bounded work (503 + Retry-After beyond capacity, 413 over the body limit).
 #   pipelines/serve.sh [MODEL_URI] [PORT]
 # Example request:
 #   python -m maskflow.serving http://127.0.0.1:5001 photo.jpg
@@ -11,5 +10,5 @@ cd "$(dirname "$0")/.."
 model="${1:-models:/maskflow@champion}"
 port="${2:-5001}"
 export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlflow.db}"
-exec mlflow models serve -m "${model}" --env-manager local --host "${MLFLOW_HOST:-127.0.0.1}" --port "${port}" \
-  --workers "${MLFLOW_WORKERS:-1}"
+exec python -m maskflow.rest "${model}" --host "${MLFLOW_HOST:-127.0.0.1}" --port "${port}" \
+  --workers "${MLFLOW_WORKERS:-1}" --max-in-flight "${MASKFLOW_MAX_IN_FLIGHT:-4}"

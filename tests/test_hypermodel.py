@@ -9,6 +9,8 @@ from omegaconf import OmegaConf
 from maskflow.config import CONF_DIR
 from maskflow.tune import HeadHyperModel
 
+from .conftest import compose, copy_real_faces, needs_shared
+
 
 def _space():
     return OmegaConf.load(CONF_DIR / "tune" / "random.yaml").space
@@ -48,3 +50,35 @@ def test_short_search_learns_separable_embeddings(tmp_path):
                              directory=str(tmp_path), project_name="t", seed=0, overwrite=False)
     tuner2.search(x[:150], onehot[:150], validation_data=(x[150:], onehot[150:]), epochs=15, verbose=0)
     assert again.fit_seconds == []
+
+
+
+@needs_shared
+def test_failing_trials_fail_the_search_only_when_none_completes(tmp_path, caplog):
+    """A mistyped objective fails every trial: the stage stops with the count and the error
+    instead of a 'perfect' empty result. Units of -1 make a real Keras layer refuse to
+    build: with other trials left the best completed one is used and failures are counted."""
+    import json
+
+    import pytest
+
+    from maskflow import prepare, tune
+    from maskflow.contracts import StageContext
+
+    data = copy_real_faces(tmp_path / "data", per_class=8)
+    ctx = StageContext(run_dir=tmp_path / "run", cache_dir=tmp_path / "cache")
+
+    def search(*overrides: str):
+        return compose(tmp_path, [f"data.root={data}", "data.workers=1", "tune.max_trials=6", "tune.epochs=2",
+                                  "tune.views=1", "tune.space.dense_layers=[1]", *overrides])
+
+    ctx.results["prepare"] = prepare.run(search(), ctx)
+    with pytest.raises(RuntimeError, match=r"no trial completed \(\d+ of \d+ failed"):
+        tune.run(search("tune.objective=val_nl"), ctx)
+
+    result = tune.run(search("tune.space.units=[16,-1]"), ctx)
+    trials = json.loads((ctx.run_dir / "tune" / "trials.json").read_text())
+    statuses = [t["status"] for t in trials]
+    assert "COMPLETED" in statuses and {"FAILED", "INVALID"} & set(statuses), statuses
+    assert result.best_hyperparameters["units"] == 16 and np.isfinite(result.best_score)
+    assert any("trials failed" in r.getMessage() for r in caplog.records)

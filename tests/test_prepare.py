@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +178,27 @@ def test_a_folder_with_no_usable_file_stops_with_a_clear_message(tmp_path, cfg_f
     cfg = cfg_factory([f"data.root={data}", "data.workers=1"])
     with pytest.raises(ValueError, match="no usable sample.*empty_file"):
         prepare.run(cfg, StageContext(run_dir=tmp_path / "run", cache_dir=tmp_path / "cache"))
+
+
+@needs_shared
+def test_a_class_with_no_usable_file_stops_before_training(tmp_path, cfg_factory):
+    """Folder classes: a class whose files all fail is named with its reasons, not dropped;
+    a configured class the data lacks stops the run too. The manifest is written first."""
+    import pytest
+
+    data = copy_real_faces(tmp_path / "data", per_class=6)
+    (data / "mask_weared_incorrect").mkdir()
+    (data / "mask_weared_incorrect" / "zero.jpg").write_bytes(b"")
+    (data / "mask_weared_incorrect" / "notes.jpg").write_text("not an image\n")
+    ctx = StageContext(run_dir=tmp_path / "run", cache_dir=tmp_path / "cache")
+    cfg = cfg_factory([f"data.root={data}", "data.workers=1"])
+    with pytest.raises(ValueError, match=r"no usable training sample: 'mask_weared_incorrect'.*(empty_file.*not_an_image|not_an_image.*empty_file)"):
+        prepare.run(cfg, ctx)
+    rows = {r["path"]: r for r in csv.DictReader(open(ctx.run_dir / "prepare" / "manifest.csv", encoding="utf-8"))}
+    assert rows["mask_weared_incorrect/zero.jpg"]["reason"] == "empty_file"
+
+    shutil.rmtree(data / "mask_weared_incorrect")
+    named = cfg_factory([f"data.root={data}", "data.workers=1", "data.classes=[with_mask,without_mask,mask_weared_incorrect]"])
+    with pytest.raises(ValueError, match=r"'mask_weared_incorrect': 0 kept"):
+        prepare.run(named, ctx)
+    assert prepare.run(cfg, ctx).classes == ("with_mask", "without_mask")  # the data as it is passes

@@ -1,5 +1,5 @@
-"""A real ``mlflow server`` (sqlite backend, proxied artifacts) and a real
-``mlflow models serve`` of the champion, both on loopback.
+"""A real ``mlflow server`` (sqlite backend, proxied artifacts) and the champion served by
+``python -m maskflow.rest`` (MLflow's scoring protocol with bounded work), both on loopback.
 
 The pipeline's own tracking calls (run, params, config artifact, pyfunc logging,
 registration, promotion aliases) run against the server; the served champion is then
@@ -151,9 +151,9 @@ def served(registered, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     port = free_port()
     log = root / "serve.log"
-    proc = start([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/maskflow@champion",
-                  "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                 log, env={"MLFLOW_TRACKING_URI": uri})
+    # One request admitted at a time, bodies up to 32 MiB (the per-image limit is 16 MiB).
+    proc = start([sys.executable, "-m", "maskflow.rest", "models:/maskflow@champion", "--port", str(port),
+                  "--max-in-flight", "1", "--max-body-mib", "32"], log, env={"MLFLOW_TRACKING_URI": uri})
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", proc, 240, log)
         yield f"http://127.0.0.1:{port}", proc, log
@@ -229,6 +229,50 @@ def test_served_champion_detects_faces_and_refuses_bad_payloads(served, tmp_path
     assert proc.poll() is None
     status, body = post(url, rows(images))
     assert status == 200 and body["predictions"] == records
+
+
+@needs_shared
+def test_served_champion_bounds_its_work(served):
+    """Beyond capacity: 503 with Retry-After at once; a body over the limit: 413 unread; an
+    empty list of rows: 400 that says so; the server answers throughout."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, proc, _ = served
+    body = json.dumps(rows(scene_images(4))).encode()
+
+    def timed_post(_):
+        request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
+        started = time.perf_counter()
+        try:
+            with urllib.request.urlopen(request, timeout=120) as r:
+                return r.status, None, time.perf_counter() - started
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers.get("Retry-After"), time.perf_counter() - started
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(timed_post, range(6)))
+    statuses = sorted(status for status, _, _ in answers)
+    assert statuses.count(200) >= 1 and statuses.count(503) >= 1 and set(statuses) <= {200, 503}, answers
+    slowest_200 = max(seconds for status, _, seconds in answers if status == 200)
+    for status, retry_after, seconds in answers:
+        if status == 503:
+            assert retry_after and int(retry_after) >= 1 and seconds < slowest_200
+
+    # Content-Length over the 32 MiB limit: refused before the body is sent.
+    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=30) as raw:
+        raw.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 40000000\r\n\r\n")
+        answer = b""
+        while chunk := raw.recv(4096):  # the server closes the connection after its answer
+            answer += chunk
+        answer = answer.decode()
+    assert answer.startswith("HTTP/1.1 413") and "MiB limit" in answer
+
+    status, message = post(url, {"dataframe_records": []})
+    assert status == 400 and "no rows" in message["message"]
+    status, message = post(url, {"dataframe_split": {"columns": ["image"], "data": []}})
+    assert status == 400 and "no rows" in message["message"]
+    assert proc.poll() is None and post(url, rows(scene_images(1)))[0] == 200
 
 
 def test_a_version_is_reused_only_for_the_same_files_and_settings(tmp_path):

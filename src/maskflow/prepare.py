@@ -132,10 +132,13 @@ def list_items(data_cfg: DictConfig) -> list[Item]:
 
 def _limit_items(items: list[Item], limit: int) -> list[Item]:
     """A deterministic subset (CI-sized runs): the first ``limit`` files per class by a
-    hash of their path, so the subset does not depend on listing order."""
+    hash of their path, so the subset does not depend on listing order. A scene counts
+    for the rarest class among its faces, so every class is in a small subset."""
+    frequency = Counter(name for item in items for name, _ in (item.objects or []))
     by_label: dict[str, list[Item]] = defaultdict(list)
     for item in items:
-        by_label[item.label or "scene"].append(item)
+        names = {name for name, _ in item.objects or []}
+        by_label[item.label or min(names, key=lambda n: (frequency[n], n), default="scene")].append(item)
     kept = []
     for label in sorted(by_label):
         kept += sorted(by_label[label], key=lambda it: digest(it.rel))[:limit]
@@ -400,6 +403,7 @@ def run(cfg: DictConfig, ctx: StageContext, name: str = "prepare") -> PreparedDa
     _log_mlflow(cfg, out_dir, manifest, report, name)
     for line in _report_markdown(report).splitlines()[:30]:
         log.info("%s", line)
+    _require_every_class(classes, report["counts"], rows, f"prepare {cfg.data.name}")
     return PreparedData(
         manifest=manifest,
         report=out_dir / "data_report.json",
@@ -456,6 +460,7 @@ def _run_union(cfg: DictConfig, ctx: StageContext, name: str) -> PreparedData:
         mlflow.log_metrics({f"{name}_samples_kept": report["samples_kept"], **{f"{name}_n_{s}": sum(c.values()) for s, c in counts.items()}})
         mlflow.log_artifacts(str(out_dir), artifact_path=name)
     log.info("prepare: union of %s: %s", list(cfg.data.parts.keys()), counts)
+    _require_every_class(classes, counts, rows, f"prepare {cfg.data.name}")
     return PreparedData(manifest=manifest, report=out_dir / "data_report.json", classes=tuple(classes), digest=data_digest,
                         counts=counts)
 
@@ -516,7 +521,28 @@ def _classes(data_cfg: DictConfig, rows) -> list[str]:
         if unknown:
             raise ValueError(f"labels {sorted(unknown)} are not in data.classes {classes}")
         return classes
-    return sorted({r["label"] for r in rows if r["status"] == "ok"})
+    # Every label listed, kept or not: a class whose files all failed is still a class
+    # (and is then reported missing), not silently dropped.
+    return sorted({r["label"] for r in rows if r["label"]})
+
+
+def _require_every_class(classes: list[str], counts: dict[str, dict[str, int]], rows, where: str) -> None:
+    """Stop before training when a class has no training sample; warn when val or test lack one.
+
+    Called after the manifest and report are written, so the reasons are on disk."""
+    missing = [c for c in classes if counts["train"].get(c, 0) == 0]
+    if missing:
+        details = []
+        for label in missing:
+            reasons = Counter(r["reason"] for r in rows if r["label"] == label and r["status"] != "ok")
+            kept = sum(counts[s].get(label, 0) for s in counts)
+            details.append(f"{label!r}: {kept} kept in val/test, skipped {dict(reasons) or 'none listed'}")
+        raise ValueError(f"{where}: class(es) with no usable training sample: {'; '.join(details)}. Add usable files, "
+                         "or leave the class out of data.classes")
+    for split in ("val", "test"):
+        empty = [c for c in classes if counts[split].get(c, 0) == 0]
+        if empty:
+            log.warning("%s: no %s sample of %s: its %s metrics leave that class out", where, split, empty, split)
 
 
 def _write_manifest(path: Path, rows) -> None:

@@ -193,9 +193,11 @@ def log_pyfunc(keras_model: Path, meta: dict, meta_path: Path, example_images: S
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m maskflow.serving URL IMAGE [IMAGE ...] [--faces-only]``: send images to
-    a running server, print one JSON line per image (HTTP errors to stderr, exit 1)."""
+    a running server, print one JSON line per image (HTTP errors to stderr, exit 1; a busy
+    server's 503 is retried after its Retry-After)."""
     import argparse
     import sys
+    import time
     import urllib.error
     import urllib.request
 
@@ -203,20 +205,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("url", help="server root, e.g. http://127.0.0.1:5001")
     parser.add_argument("images", nargs="+", type=Path)
     parser.add_argument("--faces-only", action="store_true")
+    parser.add_argument("--retries", type=int, default=5, help="times to retry a 503 (server busy) after its Retry-After")
     args = parser.parse_args(argv)
     body = {"dataframe_split": encode_images(args.images, sources=True).to_dict(orient="split"),
             "params": {"faces_only": args.faces_only}}
     body["dataframe_split"].pop("index", None)
-    request = urllib.request.Request(args.url.rstrip("/") + "/invocations", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=600) as response:
-            for record in json.loads(response.read())["predictions"]:
-                print(json.dumps(record))
-    except urllib.error.HTTPError as exc:
-        print(f"HTTP {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
-        return 1
-    return 0
+    data = json.dumps(body).encode()
+    for attempt in range(args.retries + 1):
+        request = urllib.request.Request(args.url.rstrip("/") + "/invocations", data=data,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=600) as response:
+                for record in json.loads(response.read())["predictions"]:
+                    print(json.dumps(record))
+            return 0
+        except urllib.error.HTTPError as exc:
+            message = exc.read().decode(errors="replace")
+            if exc.code == 503 and attempt < args.retries:  # busy: wait as the server asks
+                wait = float(exc.headers.get("Retry-After") or 1)
+                print(f"HTTP 503, retrying in {wait:g} s: {message}", file=sys.stderr)
+                time.sleep(wait)
+                continue
+            print(f"HTTP {exc.code}: {message}", file=sys.stderr)
+            return 1
+    return 1
 
 
 if __name__ == "__main__":

@@ -223,7 +223,10 @@ def run(cfg: DictConfig, ctx: StageContext) -> TunedHead:
             if role:
                 log.info("tune: distributed search as %s (%s), project %s", os.environ["KERASTUNER_TUNER_ID"], role, project)
             # A chief serves the oracle here until the workers have run every trial.
-            tuner.search(train_ds, validation_data=val_ds, epochs=int(cfg.tune.epochs), callbacks=[stop], verbose=0)
+            try:
+                tuner.search(train_ds, validation_data=val_ds, epochs=int(cfg.tune.epochs), callbacks=[stop], verbose=0)
+            except RuntimeError as exc:  # KerasTuner gives up after several failed trials in a row
+                log.error("tune: search stopped: %s", str(exc).splitlines()[0])
     search_time = time.perf_counter() - started
     out_dir = ctx.run_dir / "tune"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -232,12 +235,20 @@ def run(cfg: DictConfig, ctx: StageContext) -> TunedHead:
 
     trials = _trials(tuner)
     done = [t for t in trials if t["status"] == "COMPLETED"]
+    failed = [t for t in trials if t["status"] in ("FAILED", "INVALID")]
+    atomic_write_json(out_dir / "trials.json", trials)
+    if not done:
+        first = next((t["message"] for t in failed if t["message"]), "no message")
+        raise RuntimeError(f"tune: no trial completed ({len(failed)} of {len(trials)} failed; the first error, "
+                           f"last lines:\n{first.strip()[-1500:]}")
+    if failed:
+        log.warning("tune: %d of %d trials failed; the best of the %d that completed is used (errors in %s)",
+                    len(failed), len(trials), len(done), out_dir / "trials.json")
     best_hp = tuner.get_best_hyperparameters(1)[0]
     head = tuner.get_best_models(1)[0]
     head_path = tuner_dir / project / "best_head.keras"
     head.save(head_path)
     best_score = float(tuner.oracle.get_best_trials(1)[0].score)
-    atomic_write_json(out_dir / "trials.json", trials)
     log.info("tune: %d trials (%s), best %s=%.4f, hp=%s", len(done), cfg.tune.algorithm, objective, best_score, best_hp.values)
 
     if mlflow.active_run() is not None:
@@ -247,7 +258,7 @@ def run(cfg: DictConfig, ctx: StageContext) -> TunedHead:
         mlflow.log_params({f"hp_{k}": v for k, v in best_hp.values.items()})
         seconds = hypermodel.fit_seconds
         mlflow.log_metrics({
-            "tune_trials": len(done), "tune_best_score": best_score, "tune_embed_time_s": round(embed_time, 3),
+            "tune_trials": len(done), "tune_failed_trials": len(failed), "tune_best_score": best_score, "tune_embed_time_s": round(embed_time, 3),
             "tune_search_time_s": round(search_time, 3),
             **({"tune_trial_mean_s": float(np.mean(seconds))} if seconds else {}),
         })
@@ -297,6 +308,6 @@ def _trials(tuner: kt.Tuner) -> list[dict[str, Any]]:
     """Every trial of the search with its status, score and hyperparameters."""
     return [
         {"trial_id": trial_id, "status": str(trial.status), "score": None if trial.score is None else float(trial.score),
-         "hyperparameters": dict(trial.hyperparameters.values)}
+         "hyperparameters": dict(trial.hyperparameters.values), "message": getattr(trial, "message", None)}
         for trial_id, trial in sorted(tuner.oracle.trials.items())
     ]
