@@ -102,15 +102,15 @@ def cli_on_video(frames: list[np.ndarray], model: str, extra: list[str]) -> tupl
     return summary.replace("maskflow.detect: ", ""), wall
 
 
-def detector_for_stills(classifier, kwargs: dict, compiled: bool):
-    from maskflow.detect import Detector
+def detector_for_stills(classifier, settings, compiled: bool):
+    from maskflow.detect import Detector, build_detector
     from maskflow.faces import FaceDetector
 
-    detector = Detector(classifier, **kwargs)
-    if not compiled and kwargs["backend"] == "mtcnn":
-        detector.detector = FaceDetector(min_face_size=kwargs["min_face"], max_side=kwargs["max_side"],
-                                         thresholds=kwargs["thresholds"], compiled=False)
-    return detector
+    if not compiled and settings.backend == "mtcnn":  # MTCNN layer by layer (eager), for comparison
+        finder = FaceDetector(min_face_size=settings.min_face, max_side=settings.max_side,
+                              thresholds=settings.thresholds, compiled=False)
+        return Detector(classifier, finder, settings, box_calibration=settings.box_calibration)
+    return build_detector(settings, classifier)
 
 
 def main() -> None:
@@ -121,7 +121,10 @@ def main() -> None:
                         help="a facedet.keras (facedet stage output) in place of the registered detector; no CLI rows")
     args = parser.parse_args()
 
-    from maskflow.detect import Classifier, detector_kwargs
+    from dataclasses import replace
+
+    from maskflow.detect import Classifier
+    from maskflow.detection.settings import DetectorSettings
     from maskflow.evaluate_scenes import run_scenes, score_scenes
     from maskflow.imageio import read_image
 
@@ -138,36 +141,35 @@ def main() -> None:
     video_720, _ = scene_video(held_out, (1280, 720), args.frames)
     mixed = [read_image(p).rgb for p, _ in held_out[:40]]
     stored = classifier.settings  # conf/detect, as registered with the model
-    mtcnn = {**stored, "backend": "mtcnn", "labels": "classifier", "min_confidence": 0.5}  # conf/detect/mtcnn.yaml
-    mtcnn_fast = {**mtcnn, "max_side": 480, "min_face": 20}
-    side = lambda n: {**stored, "long_side": n}  # noqa: E731
+    mtcnn = replace(stored, backend="mtcnn", labels="classifier", min_confidence=DetectorSettings().min_confidence)
+    mtcnn_fast = replace(mtcnn, max_side=480, min_face=20)
+    side = lambda n: replace(stored, long_side=n)  # noqa: E731
     settings = [  # (name, settings, detect_every, compiled MTCNN, pipelined)
-        (f"{stored['backend']}, stored defaults (conf/detect)", stored, 1, True, False),
-        (f"{stored['backend']}, stored defaults, pipelined (CLI default)", stored, 1, True, True),
+        (f"{stored.backend}, stored defaults (conf/detect)", stored, 1, True, False),
+        (f"{stored.backend}, stored defaults, pipelined (CLI default)", stored, 1, True, True),
         *[(f"facedet, long side {n}, pipelined", side(n), 1, True, True)
-          for n in (512, 416, 384, 320) if n != stored.get("long_side")],  # the stored one is above
+          for n in (512, 416, 384, 320) if n != stored.long_side],  # the stored one is above
         ("facedet, long side 512, pipelined, every 2nd frame", side(512), 2, True, True),
         ("facedet, long side 384, pipelined, every 2nd frame", side(384), 2, True, True),
         ("mtcnn + classifier (conf/detect/mtcnn), compiled, pipelined", mtcnn, 1, True, True),
         ("mtcnn + classifier, max_side 480, min_face 20, pipelined, every 2nd frame", mtcnn_fast, 2, True, True),
     ]
-    if stored["backend"] != "facedet":  # a model registered without the trained detector
-        settings = [row for row in settings if row[1]["backend"] != "facedet"]
+    if stored.backend != "facedet":  # a model registered without the trained detector
+        settings = [row for row in settings if row[1].backend != "facedet"]
     print("| setting | 640x480 fps | p50/p95 ms | 1280x720 fps | p50/p95 ms | mixed images fps | "
           "video recall | video map50 | stills recall | stills map50 |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     stills_by_setting: dict = {}
     for name, chosen, every, compiled, pipeline in settings:
-        kwargs = detector_kwargs(chosen)
-        detector = detector_for_stills(classifier, kwargs, compiled)
+        detector = detector_for_stills(classifier, chosen, compiled)
         detector.detect_every = every
         v1, predictions = run_frames(detector, video, True, pipeline)
         v2, _ = run_frames(detector, video_720, True, pipeline)
         im, _ = run_frames(detector, mixed, False, pipeline)
         on_video = score_scenes(list(zip(predictions, video_truths)), detector.classes)["metrics"]
-        key = (repr(kwargs), compiled)  # detecting every k-th frame changes nothing on stills
+        key = (repr(chosen), compiled)  # detecting every k-th frame changes nothing on stills
         if key not in stills_by_setting:
-            stills_by_setting[key] = run_scenes(detector_for_stills(classifier, kwargs, compiled), held_out)["metrics"]
+            stills_by_setting[key] = run_scenes(detector_for_stills(classifier, chosen, compiled), held_out)["metrics"]
         stills = stills_by_setting[key]
         print(f"| {name} | {v1['fps']:.1f} | {v1['p50_ms']:.0f}/{v1['p95_ms']:.0f} | {v2['fps']:.1f} | "
               f"{v2['p50_ms']:.0f}/{v2['p95_ms']:.0f} | {im['fps']:.1f} | {on_video['scenes_det_recall']:.3f} | "

@@ -48,11 +48,13 @@ def main() -> None:
     parser.add_argument("--stills-flip", action=argparse.BooleanOptionalAction, default=None, help="stills: mirrored image averaged in")
     args = parser.parse_args()
 
+    from dataclasses import replace
+
     from detect_speed import held_out_items
 
-    from maskflow.detect import Classifier, Detector, Frame, detector_kwargs
+    from maskflow.detect import Classifier, build_detector
     from maskflow.evaluate_scenes import headroom, run_scenes
-    from maskflow.imageio import read_image
+    from maskflow.imageio import Frame, read_image
 
     classifier = Classifier.from_uri(args.model)
     if args.face_model:
@@ -61,14 +63,17 @@ def main() -> None:
         raise SystemExit(f"{args.model} carries no trained face detector (registered with detect=mtcnn)")
     excluded = set(args.exclude)
     items = [(path, truths) for path, truths in held_out_items(args.split) if path.name not in excluded]
-    stored = detector_kwargs({**classifier.settings, "backend": "facedet", "labels": "detector",
-                              **({"peaks": args.peaks} if args.peaks else {})})
-    given = {"long_side": args.long_side, "zoom_side": args.zoom_side, "zoom_face": args.zoom_face, "still_flip": args.stills_flip}
-    stored.update({k: (v or None) if k == "zoom_side" else v for k, v in given.items() if v is not None})
+    stored = classifier.settings.with_options(backend="facedet", labels="detector", peaks=args.peaks, long_side=args.long_side)
+    stills = stored.stills
+    if args.zoom_side is not None:
+        stills = replace(stills, zoom_side=args.zoom_side or None)
+    if args.zoom_face is not None:
+        stills = replace(stills, zoom_face=args.zoom_face)
+    if args.stills_flip is not None:
+        stills = replace(stills, flip=args.stills_flip)
+    stored = replace(stored, stills=stills)
     print(f"model {args.model}{'; detector ' + args.face_model if args.face_model else ''}; {len(items)} {args.split} scenes"
-          f"{' (left out: ' + ', '.join(args.exclude) + ')' if args.exclude else ''}; stored: long_side {stored['long_side']}, "
-          f"min_confidence {stored['min_confidence']}, flip {stored['flip']}, peaks {stored['peaks']}, "
-          f"stills: zoom_side {stored['zoom_side']}, zoom_face {stored['zoom_face']}, flip {stored['still_flip']}\n")
+          f"{' (left out: ' + ', '.join(args.exclude) + ')' if args.exclude else ''}; stored: {stored}\n")
     # (long_side, min_confidence, flip, labels, peaks, stills zoom_side, stills flip)
     grid = [(512, 0.05, False, "detector", "class", None, False), (512, 0.1, False, "detector", "class", None, False),
             (512, 0.2, False, "detector", "class", None, False), (512, 0.3, False, "detector", "class", None, False),
@@ -79,14 +84,15 @@ def main() -> None:
             (416, 0.1, True, "detector", "class", None, False), (416, 0.1, False, "detector", "class", 640, False),
             (416, 0.1, False, "detector", "class", 640, True), (416, 0.1, False, "detector", "class", 832, True)]
     if args.rows == "stored":
-        grid = [(stored["long_side"], stored["min_confidence"], stored["flip"], stored["labels"], stored["peaks"],
-                 stored["zoom_side"], stored["still_flip"])]
+        grid = [(stored.long_side, stored.min_confidence, stored.flip, stored.labels, stored.peaks,
+                 stored.stills.zoom_side, stored.stills.flip)]
     print("| long_side | min_confidence | flip | labels | peaks | stills: zoom_side, flip | recall | precision | accuracy (matched) "
           "| AP incorrect | AP with | AP without | scenes_map50 | mean AP with/without | ms/scene |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for side, conf, flip, labels, peaks, zoom, still_flip in grid:
-        detector = Detector(classifier, **{**stored, "long_side": side, "min_confidence": conf, "flip": flip, "labels": labels,
-                                           "peaks": peaks, "zoom_side": zoom, "still_flip": still_flip})
+        chosen = replace(stored, long_side=side, min_confidence=conf, flip=flip, labels=labels, peaks=peaks,
+                         stills=replace(stored.stills, zoom_side=zoom, flip=still_flip))
+        detector = build_detector(chosen, classifier)
         started = time.perf_counter()
         m = run_scenes(detector, items)["metrics"]
         ms = (time.perf_counter() - started) / len(items) * 1000
@@ -96,10 +102,10 @@ def main() -> None:
               f"{m['scenes_cls_accuracy']:.3f} | {ap[0]:.3f} | {ap[1]:.3f} | {ap[2]:.3f} | {m['scenes_map50']:.3f} | "
               f"{(ap[1] + ap[2]) / 2:.3f} | {ms:.0f} |", flush=True)
     if args.headroom:
-        detector = Detector(classifier, **{**stored, "peaks": "face"})
+        detector = build_detector(replace(stored, peaks="face"), classifier)
         results = [(detector(Frame(str(path), 0, read_image(path).rgb, False)), truths) for path, truths in items]
         gaps = headroom(results, detector.classes)
-        print(f"\nheadroom at long_side {stored['long_side']}, min_confidence {stored['min_confidence']}, one box per face: "
+        print(f"\nheadroom at long_side {stored.long_side}, min_confidence {stored.min_confidence}, one box per face: "
               f"face AP50 {gaps['face_ap50']:.3f}, face AP30 {gaps['face_ap30']:.3f}, "
               f"scenes_map50 with true labels {gaps['map50_true_labels']:.3f}")
 

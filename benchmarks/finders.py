@@ -19,7 +19,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from maskflow.config import CONF_DIR, register_resolvers
+from maskflow.config import CONF_DIR, register_configs
 from maskflow.detection.boxes import calibrated
 from maskflow.detection.finders import build_finder
 from maskflow.evaluate_scenes import fit_box_calibration, score_scenes, split_names, voc_items
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--fit", action="store_true", help="fit each finder's box_calibration on 200 train scenes first")
     parser.add_argument("--limit", type=int, default=None)
     args = parser.parse_args()
-    register_resolvers()
+    register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["detect=yunet", *args.set])
     folder = Path(cfg.paths.data_dir) / "mask-scenes-853"

@@ -34,11 +34,12 @@ def closeup_rows(limit: int | None) -> list[tuple[Path, str]]:
 
     from hydra import compose, initialize_config_dir
 
-    from maskflow.config import CONF_DIR, register_resolvers
+    from maskflow.config import CONF_DIR, register_configs
     from maskflow.contracts import StageContext
-    from maskflow.prepare import read_manifest, run
+    from maskflow.data import read_manifest
+    from maskflow.prepare import run
 
-    register_resolvers()
+    register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["data=mask-faces-4k"])
     ctx = StageContext(run_dir=Path(tempfile.mkdtemp(prefix="maskflow-closeups-")), cache_dir=Path(cfg.paths.cache_dir))
@@ -74,17 +75,20 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=224)
     args = parser.parse_args()
 
-    from maskflow.detect import Classifier, Detector, detector_kwargs
+    from dataclasses import replace
+
+    from maskflow.detect import Classifier, build_detector
+    from maskflow.detection.settings import DetectorSettings
     from maskflow.evaluate_scenes import run_scenes
 
     if args.keras:
         from hydra import compose, initialize_config_dir
         from omegaconf import OmegaConf
 
-        from maskflow.config import CONF_DIR, register_resolvers
+        from maskflow.config import CONF_DIR, register_configs
         from maskflow.evaluate import load_model
 
-        register_resolvers()
+        register_configs()
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="config")
         classifier = Classifier(load_model(args.keras), args.classes, args.input_size,
@@ -102,10 +106,10 @@ def main() -> None:
           + ", ".join(f"{s}: {len(v)} scenes" for s, v in items.items()) + f"; {len(rows)} close-ups", flush=True)
     out = open(args.out, "a", encoding="utf-8") if args.out else None
     for finder in args.finders:
-        settings = {**stored, "backend": finder, "labels": "classifier"}
+        settings = replace(stored, backend=finder, labels="classifier")
         if finder == "mtcnn":
-            settings["min_confidence"] = 0.5  # conf/detect/mtcnn.yaml
-        detector = Detector(classifier, **detector_kwargs(settings))
+            settings = replace(settings, min_confidence=DetectorSettings().min_confidence)  # conf/detect/mtcnn.yaml
+        detector = build_detector(settings, classifier)
         row: dict = {"finder": finder, "model": args.model}
         for split, scenes in items.items():
             started = time.perf_counter()

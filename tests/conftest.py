@@ -32,9 +32,9 @@ def compose(tmp_path: Path, overrides: list[str] = ()):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from maskflow.config import CONF_DIR, register_resolvers
+    from maskflow.config import CONF_DIR, register_configs
 
-    register_resolvers()
+    register_configs()
     base = [
         f"paths.cache_dir={tmp_path}/cache",
         f"paths.output_dir={tmp_path}/outputs",

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+
 import pytest
+import yaml
 from omegaconf import OmegaConf
 
 from maskflow.config import CONF_DIR
 
 from .conftest import compose
 
-GROUPS = ["data", "model", "tune", "train", "evaluate", "export", "tracking", "debug", "experiment", "detect"]
-OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())  # every config group
+# A launcher option needs its Hydra plugin (ray is an optional extra).
+PLUGINS = {"joblib": "hydra_plugins.hydra_joblib_launcher", "ray": "hydra_plugins.hydra_ray_launcher"}
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))
+           if g != "launcher" or _has_module(PLUGINS.get(p.stem, "hydra"))]
 
 
 @pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
@@ -25,9 +40,9 @@ def test_defaults_point_at_the_shared_folder_and_project_store(tmp_path):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from maskflow.config import PROJECT_ROOT, register_resolvers
+    from maskflow.config import PROJECT_ROOT, register_configs
 
-    register_resolvers()
+    register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name="config")
     assert cfg.model.name == "mobilenetv2_128" and cfg.model.constructor == "MobileNetV2" and cfg.data.name == "mask-union"
@@ -72,3 +87,21 @@ def test_detector_experiments_change_only_what_they_name(tmp_path):
     assert quick.facedet.epochs < small.facedet.epochs < long.facedet.epochs
     for variant in (quick, long):
         assert variant.facedet == {**small.facedet, "epochs": variant.facedet.epochs} and variant.detect == small.detect
+
+
+def test_detect_configs_follow_the_schema_and_restate_no_default(tmp_path):
+    """conf/detect is checked against DetectorSettings, whose defaults live only there:
+    no detect file repeats a default value."""
+    from hydra.errors import ConfigCompositionException
+
+    from maskflow.detection.settings import DetectorSettings
+
+    with pytest.raises(ConfigCompositionException, match="min_confidence"):
+        compose(tmp_path, ["detect.min_confidence=high"])
+    defaults = dataclasses.asdict(DetectorSettings())
+    for path in sorted((CONF_DIR / "detect").glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        restated = {k: v for k, v in raw.items() if k in defaults and k != "finders" and v == defaults[k]}
+        assert not restated, f"{path.name} restates defaults of DetectorSettings: {restated}"
+    cfg = compose(tmp_path, [])
+    assert DetectorSettings.from_stored(OmegaConf.to_container(cfg.detect, resolve=True)).backend == "yunet"

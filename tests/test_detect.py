@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from maskflow.detect import Classifier, Detector, Frame, pipelined
+from maskflow.detect import Classifier, Frame, build_detector, pipelined
+from maskflow.detection.settings import DetectorSettings
 from maskflow.imageio import read_image
 
 from .conftest import SCENES, needs_shared
@@ -26,7 +27,7 @@ def test_pipelined_gives_the_sequential_records_in_order(tmp_path):
     frames = _frames()
 
     def detector():
-        return Detector(Classifier(model, ["with_mask", "without_mask"], 32), detect_every=2)
+        return build_detector(DetectorSettings(), Classifier(model, ["with_mask", "without_mask"], 32), detect_every=2)
 
     one_by_one = detector()
     sequential = [(f.source, f.index, one_by_one(f)) for f in frames]
@@ -69,10 +70,10 @@ def test_stills_settings_come_from_the_model_and_the_command_line_overrides_them
     add_detector_args(parser)
     stored = {"backend": "facedet", "stills": {"zoom_side": 640, "zoom_face": 24, "flip": True}}
     with_stills = Classifier(model, ["with_mask", "without_mask"], 32, settings=stored)
-    chosen = detector_settings(parser.parse_args([]), with_stills)
-    assert (chosen["zoom_side"], chosen["zoom_face"], chosen["still_flip"]) == (640, 24.0, True)
-    off = detector_settings(parser.parse_args(["--zoom-side", "0", "--no-stills-flip"]), with_stills)
-    assert (off["zoom_side"], off["zoom_face"], off["still_flip"]) == (None, 24.0, False)
+    chosen = detector_settings(parser.parse_args([]), with_stills.settings).stills
+    assert (chosen.zoom_side, chosen.zoom_face, chosen.flip) == (640, 24.0, True)
+    off = detector_settings(parser.parse_args(["--zoom-side", "0", "--no-stills-flip"]), with_stills.settings).stills
+    assert (off.zoom_side, off.zoom_face, off.flip) == (None, 24.0, False)
     # A version registered before stills settings existed keeps its single pass.
-    older = detector_settings(parser.parse_args([]), Classifier(model, ["with_mask", "without_mask"], 32, settings={"backend": "facedet"}))
-    assert (older["zoom_side"], older["still_flip"]) == (None, False)
+    older = Classifier(model, ["with_mask", "without_mask"], 32, settings={"backend": "facedet"})
+    assert (detector_settings(parser.parse_args([]), older.settings).stills.zoom_side, older.settings.stills.flip) == (None, False)

@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 
 from maskflow import facedet
-from maskflow.detect import Classifier, Detector, Frame
+from maskflow.detect import Classifier, build_detector
+from maskflow.detection import centernet
+from maskflow.detection.settings import DetectorSettings, StillsSettings
+from maskflow.faces import Face
+from maskflow.imageio import Frame
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -22,7 +26,7 @@ def test_encode_then_decode_recovers_boxes_and_classes():
     assert target[..., -1].sum() == 3  # one centre per face
     # A perfect network output: the target's heatmaps (as logits) and box channels.
     output = np.concatenate([_logit(target[..., :3]), target[..., 3:7]], -1)
-    found = facedet.decode(output, scale=1.0, num_classes=3, min_score=0.5)
+    found = centernet.decode(output, scale=1.0, num_classes=3, min_score=0.5)
     assert len(found) == 3
     for (x, y, w, h), c in zip(boxes, labels):
         best = min(found, key=lambda d: abs(d.box[0] - x) + abs(d.box[1] - y))
@@ -36,18 +40,18 @@ def test_a_crowd_of_more_than_100_faces_decodes_whole():
     labels = np.arange(len(boxes)) % 3
     target = facedet.encode(boxes, labels, (256, 384), 3)
     output = np.concatenate([_logit(target[..., :3]), target[..., 3:7]], -1)
-    found = facedet.decode(output, scale=1.0, num_classes=3, min_score=0.5, per_class=True)
+    found = centernet.decode(output, scale=1.0, num_classes=3, min_score=0.5, per_class=True)
     assert len(found) == 150 and sorted(d.label for d in found) == sorted(labels.tolist())
 
 
 def test_decode_maps_boxes_back_through_the_resize_and_clips_them():
     rgb = np.zeros((300, 400, 3), np.uint8)
-    image, scale = facedet.letterbox(rgb, 512)
+    image, scale = centernet.letterbox(rgb, 512)
     assert image.shape == (384, 512, 3) and scale == pytest.approx(1.28)
     # A face at (380, 5, 30, 30) in the original: its box leaves the image on the right.
     target = facedet.encode(np.array([[380 * scale, 5 * scale, 30 * scale, 30 * scale]]), np.array([0]), image.shape[:2], 2)
     output = np.concatenate([_logit(target[..., :2]), target[..., 2:6]], -1)
-    (face,) = facedet.decode(output, scale, 2, min_score=0.5, image_shape=rgb.shape[:2])
+    (face,) = centernet.decode(output, scale, 2, min_score=0.5, image_shape=rgb.shape[:2])
     assert face.box[0] == pytest.approx(380, abs=1) and face.box[0] + face.box[2] <= 400
 
 
@@ -108,33 +112,33 @@ def test_small_real_model_learns_and_runs_inside_the_detector():
 
     classifier = Classifier(keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)]),
                             ["a", "b"], 32, face_model=model, face_classes=["red", "grey"])
-    detector = Detector(classifier, backend="facedet", long_side=128, labels="detector", min_confidence=0.0)
+    detector = build_detector(DetectorSettings(backend="facedet", long_side=128, labels="detector", min_confidence=0.0), classifier)
     assert detector.classes == ["red", "grey"]
     records = detector(Frame("scene.png", 0, items[0][0], False))
     assert records and all(set(r) == {"box", "label", "score", "detector_score"} for r in records)
     assert all(r["label"] in ("red", "grey") and 0 <= r["score"] <= 1 and len(r["box"]) == 4 for r in records)
     # labels="classifier": the same boxes, labelled by the crop classifier instead.
-    by_crop = Detector(classifier, backend="facedet", long_side=128, labels="classifier", min_confidence=0.0)
+    by_crop = build_detector(DetectorSettings(backend="facedet", long_side=128, labels="classifier", min_confidence=0.0), classifier)
     relabelled = by_crop(Frame("scene.png", 0, items[0][0], False))
     assert [r["box"] for r in relabelled] == [r["box"] for r in records]
     assert all(r["label"] in ("a", "b") for r in relabelled)
     # labels="fuse": the mean of both distributions, over the union of their classes.
-    fused = Detector(classifier, backend="facedet", long_side=128, labels="fuse", min_confidence=0.0)
+    fused = build_detector(DetectorSettings(backend="facedet", long_side=128, labels="fuse", min_confidence=0.0), classifier)
     assert fused.classes == ["red", "grey", "a", "b"]
     assert [r["box"] for r in fused(Frame("scene.png", 0, items[0][0], False))] == [r["box"] for r in records]
     # peaks="class": a record per class-map peak, each labelled with its own map's class;
     # with the classifier's labels the boxes stay one per face.
-    per_class = Detector(classifier, backend="facedet", long_side=128, labels="detector", min_confidence=0.2, peaks="class")
-    per_face = Detector(classifier, backend="facedet", long_side=128, labels="detector", min_confidence=0.2)
+    per_class = build_detector(DetectorSettings(backend="facedet", long_side=128, labels="detector", min_confidence=0.2, peaks="class"), classifier)
+    per_face = build_detector(DetectorSettings(backend="facedet", long_side=128, labels="detector", min_confidence=0.2), classifier)
     hypotheses = per_class(Frame("scene.png", 0, items[0][0], False))
     assert all(r["label"] in ("red", "grey") and 0 <= r["score"] <= 1 for r in hypotheses)
     assert {tuple(r["box"]) for r in per_face(Frame("scene.png", 0, items[0][0], False))} <= {tuple(r["box"]) for r in hypotheses}
-    crops = Detector(classifier, backend="facedet", long_side=128, labels="classifier", min_confidence=0.0, peaks="class")
+    crops = build_detector(DetectorSettings(backend="facedet", long_side=128, labels="classifier", min_confidence=0.0, peaks="class"), classifier)
     assert [r["box"] for r in crops(Frame("scene.png", 0, items[0][0], False))] == [r["box"] for r in relabelled]
     # Stills settings (a zoomed pass, mirrored averaging) change still images only: a
     # video frame gets the one pass it got before.
-    stills = Detector(classifier, backend="facedet", long_side=128, labels="detector", min_confidence=0.0, zoom_side=256,
-                      still_flip=True)
+    stills = build_detector(DetectorSettings(backend="facedet", long_side=128, labels="detector", min_confidence=0.0,
+                                            stills=StillsSettings(zoom_side=256, flip=True)), classifier)
     assert stills(Frame("clip.mp4", 0, items[0][0], True)) == records
     still = stills(Frame("scene.png", 0, items[0][0], False))
     assert still and still != records and all(r["label"] in ("red", "grey") and 0 <= r["score"] <= 1 for r in still)
@@ -153,7 +157,7 @@ def test_facedet_backend_without_a_trained_detector_says_so():
 
     classifier = Classifier(keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(2)]), ["a", "b"], 8)
     with pytest.raises(ValueError, match="no trained face detector"):
-        Detector(classifier, backend="facedet")
+        build_detector(DetectorSettings(backend="facedet"), classifier)
 
 
 def test_merging_a_mirrored_output_lines_up_cells():
@@ -161,8 +165,8 @@ def test_merging_a_mirrored_output_lines_up_cells():
     output = np.concatenate([_logit(target[..., :2]), target[..., 2:6]], -1)
     mirrored_target = facedet.encode(np.array([[96 - 9 - 24, 20, 24, 24]], np.float32), np.array([1]), (64, 96), 2)
     mirrored = np.concatenate([_logit(mirrored_target[..., :2]), mirrored_target[..., 2:6]], -1)
-    merged = facedet.merge_flipped(output, mirrored, 2)
-    (face,) = facedet.decode(merged, 1.0, 2, min_score=0.5)
+    merged = centernet.merge_flipped(output, mirrored, 2)
+    (face,) = centernet.decode(merged, 1.0, 2, min_score=0.5)
     assert np.allclose(face.box, (9, 20, 24, 24), atol=1.0) and face.score > 0.9
 
 
@@ -187,8 +191,8 @@ def test_box_nms_drops_a_second_class_peak_on_the_same_face():
     heat = np.maximum(a[..., :2], 0.9 * b[..., :2])  # two peaks two cells apart, one per class
     box = a[..., 2:6] + b[..., 2:6]
     output = np.concatenate([_logit(heat), box], -1)
-    assert len(facedet.decode(output, 1.0, 2, min_score=0.5)) == 2
-    (kept,) = facedet.decode(output, 1.0, 2, min_score=0.5, nms_iou=0.5)
+    assert len(centernet.decode(output, 1.0, 2, min_score=0.5)) == 2
+    (kept,) = centernet.decode(output, 1.0, 2, min_score=0.5, nms_iou=0.5)
     assert int(np.argmax(kept.probs)) == 0  # the higher peak stays
 
 
@@ -197,14 +201,14 @@ def test_per_class_peaks_give_an_unsure_face_a_record_per_class():
     heat = target[..., :3].copy()
     heat[..., 2] = np.maximum(heat[..., 2], 0.4 * target[..., 0])  # face 0: class 0, but class 2 also likely
     output = np.concatenate([_logit(heat), target[..., 3:7]], -1)
-    per_face = facedet.decode(output, 1.0, 3, min_score=0.2)
+    per_face = centernet.decode(output, 1.0, 3, min_score=0.2)
     assert [d.label for d in per_face] == [None, None] and [int(np.argmax(d.probs)) for d in per_face] == [0, 1]
-    per_class = facedet.decode(output, 1.0, 3, min_score=0.2, per_class=True)
+    per_class = centernet.decode(output, 1.0, 3, min_score=0.2, per_class=True)
     assert sorted(d.label for d in per_class) == [0, 1, 2]
     runner_up = next(d for d in per_class if d.label == 2)
     assert runner_up.box == next(d for d in per_class if d.label == 0).box  # same face, lower-ranked label
     assert per_class[-1] is runner_up  # highest peak first
-    assert len(facedet.decode(output, 1.0, 3, min_score=0.5, per_class=True)) == 2  # 0.4 is under the threshold
+    assert len(centernet.decode(output, 1.0, 3, min_score=0.5, per_class=True)) == 2  # 0.4 is under the threshold
 
 
 def test_box_targets_spread_to_cells_around_the_centre_and_still_decode_the_same_box():
@@ -225,14 +229,14 @@ def test_box_targets_spread_to_cells_around_the_centre_and_still_decode_the_same
 
 def _det(box, label, score, p=0.9):
     probs = [p, 1 - p] if label == 0 else [1 - p, p]
-    return facedet.Detection(box=box, score=score, probs=tuple(probs), label=label)
+    return Face(box=box, score=score, probs=tuple(probs), label=label)
 
 
 def test_zoomed_pass_gives_the_small_faces_and_the_base_pass_the_large_ones():
     base = [_det((0, 0, 80, 80), 0, 0.9), _det((100, 100, 28, 28), 0, 0.5), _det((200, 0, 8, 8), 1, 0.3)]
     zoomed = [_det((1, 1, 90, 90), 0, 0.95), _det((101, 101, 27, 27), 0, 0.8), _det((300, 0, 9, 9), 1, 0.6),
               _det((102, 100, 28, 28), 1, 0.4)]
-    merged = facedet.merge_zoomed(base, zoomed, zoom_face=32)
+    merged = centernet.merge_zoomed(base, zoomed, zoom_face=32)
     boxes = [d.box for d in merged]
     assert (0, 0, 80, 80) in boxes and (1, 1, 90, 90) not in boxes  # large: base pass only
     assert (300, 0, 9, 9) in boxes and (200, 0, 8, 8) not in boxes  # small: zoomed pass only

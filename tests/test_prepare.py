@@ -14,6 +14,7 @@ from PIL import Image
 
 from maskflow import prepare
 from maskflow.contracts import StageContext
+from maskflow.data import list_voc_dataset, parse_voc
 
 from .conftest import copy_real_faces, needs_shared
 
@@ -114,7 +115,7 @@ def test_voc_parsing(tmp_path):
     xml = tmp_path / "a.xml"
     xml.write_text("<annotation><filename>a.jpg</filename><object><name>with_mask</name><bndbox><xmin>1</xmin>"
                    "<ymin>2</ymin><xmax>11</xmax><ymax>22</ymax></bndbox></object></annotation>")
-    assert prepare.parse_voc(xml) == ("a.jpg", [("with_mask", (1, 2, 10, 20))])
+    assert parse_voc(xml) == ("a.jpg", [("with_mask", (1, 2, 10, 20))])
 
 
 @needs_shared
@@ -165,7 +166,7 @@ def test_voc_files_naming_one_image_are_merged_and_ids_stay_unique(tmp_path):
 
     voc("a.xml", [(10, 10, 40, 40), (50, 10, 80, 40)])
     voc("b.xml", [(50, 10, 80, 40), (100, 10, 130, 40)])  # one face repeated, one new
-    (item,) = prepare.list_voc_dataset(root)
+    (item,) = list_voc_dataset(root)
     assert len(item.objects) == 3
 
 
@@ -182,9 +183,11 @@ def test_a_folder_with_no_usable_file_stops_with_a_clear_message(tmp_path, cfg_f
 
 @needs_shared
 def test_a_class_with_no_usable_file_stops_before_training(tmp_path, cfg_factory):
-    """Folder classes: a class whose files all fail is named with its reasons, not dropped;
-    a configured class the data lacks stops the run too. The manifest is written first."""
+    """Folder classes: a class whose files all fail is listed with its reasons, not dropped,
+    and the tune stage refuses to start; a configured class the data lacks too."""
     import pytest
+
+    from maskflow import tune
 
     data = copy_real_faces(tmp_path / "data", per_class=6)
     (data / "mask_weared_incorrect").mkdir()
@@ -192,13 +195,15 @@ def test_a_class_with_no_usable_file_stops_before_training(tmp_path, cfg_factory
     (data / "mask_weared_incorrect" / "notes.jpg").write_text("not an image\n")
     ctx = StageContext(run_dir=tmp_path / "run", cache_dir=tmp_path / "cache")
     cfg = cfg_factory([f"data.root={data}", "data.workers=1"])
-    with pytest.raises(ValueError, match=r"no usable training sample: 'mask_weared_incorrect'.*(empty_file.*not_an_image|not_an_image.*empty_file)"):
-        prepare.run(cfg, ctx)
-    rows = {r["path"]: r for r in csv.DictReader(open(ctx.run_dir / "prepare" / "manifest.csv", encoding="utf-8"))}
-    assert rows["mask_weared_incorrect/zero.jpg"]["reason"] == "empty_file"
+    ctx.results["prepare"] = prepared = prepare.run(cfg, ctx)
+    assert prepared.classes == ("mask_weared_incorrect", "with_mask", "without_mask")
+    with pytest.raises(ValueError, match=r"no usable training sample: 'mask_weared_incorrect'.*"
+                                         r"(empty_file.*not_an_image|not_an_image.*empty_file)"):
+        tune.run(cfg, ctx)
+    assert not (tmp_path / "cache" / "embeddings").exists()  # stopped before any work
 
     shutil.rmtree(data / "mask_weared_incorrect")
     named = cfg_factory([f"data.root={data}", "data.workers=1", "data.classes=[with_mask,without_mask,mask_weared_incorrect]"])
+    ctx.results["prepare"] = prepare.run(named, ctx)
     with pytest.raises(ValueError, match=r"'mask_weared_incorrect': 0 kept"):
-        prepare.run(named, ctx)
-    assert prepare.run(cfg, ctx).classes == ("with_mask", "without_mask")  # the data as it is passes
+        tune.run(named, ctx)

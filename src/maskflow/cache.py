@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,8 +80,6 @@ def stage_cache(cache_dir: Path, stage: str, key: str, out_dir: Path, compute: C
     ``cache_dir/stage/key``. A later call with the same key copies the folder back into
     ``out_dir`` and returns the stored result without computing: ``(result, from_cache)``.
     The entry is written whole (temporary folder, then rename), so a killed run leaves none."""
-    import shutil
-
     entry = Path(cache_dir) / stage / key
     if (entry / "result.json").exists():
         shutil.copytree(entry / "out", out_dir, dirs_exist_ok=True)

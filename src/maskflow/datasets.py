@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from maskflow.prepare import read_manifest
+from maskflow.data import read_manifest
 
 
 def split_arrays(manifest: Path, split: str, classes: Sequence[str]) -> tuple[list[str], np.ndarray]:

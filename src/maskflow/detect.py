@@ -18,6 +18,7 @@ on stderr with its reason, the others still processed and written); 2 bad argume
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -25,20 +26,26 @@ import queue
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 STARTED = time.perf_counter()  # the summary's wall clock covers the whole command
 
 import cv2
 import numpy as np
+import tensorflow as tf
 
-from maskflow.detection.boxes import calibrate_box
-from maskflow.detection.finders import FINDERS, build_finder
-from maskflow.faces import Face, FaceDetector, crop_face
-from maskflow.imageio import DecodeError, read_image
+from maskflow.cache import digest
+from maskflow.config import PROJECT_ROOT
+from maskflow.detection.boxes import calibrate_box, iou
+from maskflow.detection.centernet import CenterNetFinder
+from maskflow.detection.finders import FINDERS, ONNX_FINDERS, build_finder, mtcnn_finder
+from maskflow.detection.settings import DetectorSettings
+from maskflow.faces import Face, crop_face, resize_square
+from maskflow.imageio import DecodeError, Frame, read_image
 
 log = logging.getLogger("maskflow.detect")
 
@@ -48,31 +55,19 @@ VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", 
 COLOURS = {"with_mask": (40, 200, 40), "without_mask": (40, 40, 230), "mask_weared_incorrect": (0, 165, 255)}
 
 
-@dataclass
-class Frame:
-    source: str
-    index: int
-    rgb: np.ndarray
-    is_video: bool
-
-
 class Classifier:
     """Face crops (already at ``input_size``) -> class probabilities, one batch per frame.
-    ``settings``: the detector settings stored with a registered model (or defaults)."""
+    ``settings``: the detector settings stored with a registered model (or the defaults);
+    ``face_model``: the trained CenterNet registered with it, if any; ``finder_dirs``:
+    folders holding the pretrained finders' files (a registered model's own copies)."""
 
-    def __init__(self, keras_model, classes: Sequence[str], input_size: int, settings: dict | None = None,
+    def __init__(self, keras_model, classes: Sequence[str], input_size: int, settings: Mapping | None = None,
                  face_model=None, face_classes: Sequence[str] = (), finder_dirs: Sequence[str] = ()) -> None:
-        import tensorflow as tf
-
-        from maskflow.serving import DEFAULT_DETECTOR
-
         self.classes = list(classes)
         self.input_size = int(input_size)
-        self.settings = {**DEFAULT_DETECTOR, **(settings or {})}
-        # The trained face-and-mask detector registered with the model (None: MTCNN only).
+        self.settings = DetectorSettings.from_stored(settings)
         self.face_model = face_model
         self.face_classes = list(face_classes)
-        # Folders holding the pretrained finders' model files (a registered model's own first).
         self.finder_dirs = [str(d) for d in finder_dirs]
         self._call = tf.function(lambda x: keras_model(x, training=False), reduce_retracing=True)
 
@@ -80,8 +75,6 @@ class Classifier:
     def from_uri(cls, uri: str, tracking_uri: str | None = None) -> "Classifier":
         """From an MLflow model URI (``models:/maskflow@champion``) or local model folder."""
         import mlflow
-
-        from maskflow.config import PROJECT_ROOT
 
         if tracking_uri or not os.environ.get("MLFLOW_TRACKING_URI"):
             mlflow.set_tracking_uri(tracking_uri or f"sqlite:///{PROJECT_ROOT}/mlflow.db")
@@ -169,8 +162,6 @@ def _report(errors: list[str], source: str, reason: str) -> None:
 def annotate(rgb: np.ndarray, faces: list[dict], min_score: float = 0.0) -> np.ndarray:
     """Boxes coloured by class with label and score, for faces whose detector score is at
     least ``min_score`` (the JSON lines keep every face, for ranking metrics)."""
-    from maskflow.evaluate_scenes import iou
-
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     thickness = max(1, round(max(rgb.shape[:2]) / 400))
     drawn: list[list[int]] = []
@@ -187,56 +178,56 @@ def annotate(rgb: np.ndarray, faces: list[dict], min_score: float = 0.0) -> np.n
     return bgr
 
 
+def build_detector(settings: DetectorSettings, classifier: Classifier, faces_only: bool = False, detect_every: int = 1,
+                   finder_dirs: Sequence[str] = ()) -> "Detector":
+    """The one place that chooses a finder for ``settings.backend``: the trained CenterNet
+    registered with the model (``facedet``), MTCNN, or a pretrained finder or fusion
+    (:func:`maskflow.detection.finders.build_finder`), paired with the classifier."""
+    labels = settings.labels if settings.backend == "facedet" and not faces_only else "classifier"
+    calibration = settings.box_calibration
+    if faces_only:
+        finder = None
+    elif settings.backend == "facedet":
+        if classifier.face_model is None:
+            raise ValueError("detect.backend=facedet, but this model carries no trained face detector "
+                             "(register one with the pipeline's facedet stage, or use --backend yunet)")
+        if settings.peaks not in ("class", "face"):
+            raise ValueError(f"unknown peaks {settings.peaks!r} (class | face)")
+        # Per-class peaks name their class, so they only make sense with the detector's labels.
+        finder = CenterNetFinder.from_settings(classifier.face_model, classifier.face_classes, settings,
+                                               per_class=settings.peaks == "class" and labels == "detector")
+        calibration = None  # trained boxes already follow the annotations
+    elif settings.backend == "mtcnn":
+        finder = mtcnn_finder({"min_face": settings.min_face, "max_side": settings.max_side, "thresholds": settings.thresholds})
+    elif settings.backend in FINDERS:
+        finder = build_finder(settings.backend, settings.finders, list(finder_dirs) or classifier.finder_dirs)
+        calibration = (settings.finders.get(settings.backend) or {}).get("box_calibration")
+    else:
+        raise ValueError(f"unknown detector backend {settings.backend!r} (facedet | {' | '.join(FINDERS)})")
+    return Detector(classifier, finder, settings, labels=labels, box_calibration=calibration, faces_only=faces_only,
+                    detect_every=detect_every)
+
+
 class Detector:
-    """Detect-then-classify for one frame at a time, with optional box carry-over.
+    """Find-then-label for one frame at a time, with optional box carry-over on video.
 
-    ``backend="facedet"``: the trained detector (``classifier.face_model``) finds faces and,
-    with ``labels="detector"``, labels them too (no crops, one network pass per frame);
-    ``labels="classifier"`` classifies its crops instead; ``labels="fuse"`` averages the two
-    class distributions (a class one model lacks has probability 0 there). With
-    ``peaks="class"`` and the detector's labels, each class map's peaks are boxes of their
-    own, so a face the detector is unsure about gets a record per likely class.
-    ``backend="mtcnn"``: MTCNN finds faces and the classifier labels the crops."""
+    ``finder`` (a :class:`maskflow.detection.Finder`) finds faces; ``labels`` says who
+    labels them: ``classifier`` classifies their crops in one batch, ``detector`` takes the
+    trained CenterNet's class maps (no crops), ``fuse`` averages the two distributions (a
+    class one model lacks has probability 0 there). Build one with :func:`build_detector`."""
 
-    def __init__(self, classifier: Classifier, faces_only: bool = False, max_side: int = 640, min_face: float = 12,
-                 min_confidence: float = 0.8, margin: float = 0.2, detect_every: int = 1,
-                 thresholds: Sequence[float] = (0.6, 0.7, 0.8), box_calibration: dict | None = None,
-                 backend: str = "mtcnn", long_side: int = 512, labels: str = "classifier", flip: bool = False,
-                 nms_iou: float | None = None, peaks: str = "face", still_flip: bool = False, zoom_side: int | None = None,
-                 zoom_face: float = 32.0, finders: dict | None = None, finder_dirs: Sequence[str] = (),
-                 runner_up: float | None = None) -> None:
+    def __init__(self, classifier: Classifier, finder, settings: DetectorSettings, labels: str = "classifier",
+                 box_calibration: Mapping | None = None, faces_only: bool = False, detect_every: int = 1) -> None:
         self.classifier = classifier
+        self.finder = finder
+        self.settings = settings
+        self.labels = labels
         self.faces_only = faces_only
-        self.backend = backend
-        self.labels = labels if backend == "facedet" and not faces_only else "classifier"
-        if faces_only:
-            self.detector = None
-        elif backend == "facedet":
-            if classifier.face_model is None:
-                raise ValueError("detect.backend=facedet, but this model carries no trained face detector "
-                                 "(register one with the pipeline's facedet stage, or use --backend mtcnn)")
-            from maskflow.facedet import TrainedFaceDetector
-
-            if peaks not in ("class", "face"):
-                raise ValueError(f"unknown peaks {peaks!r} (class | face)")
-            # Per-class peaks name their class, so they only make sense with the detector's labels.
-            self.detector = TrainedFaceDetector(classifier.face_model, classifier.face_classes, long_side,
-                                                min_score=min_confidence, flip=flip, nms_iou=nms_iou,
-                                                per_class=peaks == "class" and self.labels == "detector",
-                                                still_flip=still_flip, zoom_side=zoom_side, zoom_face=zoom_face)
-        elif backend == "mtcnn":
-            self.detector = FaceDetector(min_face_size=min_face, max_side=max_side, thresholds=thresholds)
-        elif backend in FINDERS:  # the pretrained finders and their fusion (maskflow.detection)
-            self.detector = build_finder(backend, finders or {}, list(finder_dirs) or classifier.finder_dirs)
-            box_calibration = (finders or {}).get(backend, {}).get("box_calibration")
-        else:
-            raise ValueError(f"unknown detector backend {backend!r} (facedet | {' | '.join(FINDERS)})")
-        self.min_confidence = min_confidence
-        self.margin = margin
-        # Trained boxes already follow the annotations; MTCNN's are calibrated to them.
-        self.box_calibration = dict(box_calibration) if box_calibration and backend != "facedet" else None
+        self.min_confidence = settings.min_confidence
+        self.margin = settings.margin
+        self.box_calibration = dict(box_calibration) if box_calibration else None
         self.detect_every = max(1, detect_every)
-        self.runner_up = float(runner_up) if runner_up else None  # classifier labels: min probability of a 2nd record
+        self.runner_up = float(settings.runner_up) if settings.runner_up else None  # min probability of a 2nd record
         self._last_found: tuple[str, int] | None = None  # (source, frame) of the last detection
         self._last_labels: list[dict] = []  # records of the last labelled detection
 
@@ -262,18 +253,12 @@ class Detector:
         h, w = frame.rgb.shape[:2]
         if self.faces_only:
             return [Face((0, 0, w, h), 1.0)]
-        if self.backend == "mtcnn":
-            found = self.detector.detect(frame.rgb)
-        elif self.backend == "facedet":  # a still image gets the stills settings (zoomed pass, flip)
-            found = self.detector.detect(frame.rgb, still=not frame.is_video)
-        else:  # a Finder: still images get its stills effort (upscaling, tiles)
-            found = self.detector.find(frame.rgb, still=not frame.is_video)
+        # A still image gets the finder's stills effort (upscaling, tiles, zoomed pass).
+        found = self.finder.find(frame.rgb, still=not frame.is_video)
         return [f for f in found if f.score >= self.min_confidence]
 
     def label(self, frame: Frame, faces: list[Face] | None) -> list[dict]:
         """Classify the found faces in one batch (None: repeat the last labelled frame's)."""
-        from maskflow.faces import resize_square
-
         if faces is None:
             return [dict(face) for face in self._last_labels]
         h, w = frame.rgb.shape[:2]
@@ -318,9 +303,6 @@ def pipelined(detector: Detector, frames: Iterator[Frame]) -> Iterator[tuple[Fra
     """(frame, records) in order, with MTCNN on frame n+1 (a worker thread) overlapping
     the classification and output of frame n (this thread); TF releases the GIL, so the
     two run on both cores. Decoding already runs on its own reader thread."""
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(1, thread_name_prefix="detect") as pool:
         pending: deque = deque()
         for frame in frames:
@@ -351,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     classifier = Classifier.from_uri(args.model, args.tracking_uri)
-    detector = Detector(classifier, args.faces_only, detect_every=args.detect_every, **detector_settings(args, classifier))
+    detector = build_detector(detector_settings(args, classifier.settings), classifier, args.faces_only, args.detect_every,
+                              args.finder_dir)
     show = args.show and (os.environ.get("DISPLAY") or sys.platform in ("win32", "darwin"))
     if args.show and not show:
         print("maskflow.detect: --show ignored: no display", file=sys.stderr)
@@ -397,27 +380,6 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if errors else 0
 
 
-def detector_kwargs(settings: dict) -> dict:
-    """Detector arguments from stored/configured settings (conf/detect, model metadata)."""
-    return {"max_side": int(settings["max_side"]), "min_face": float(settings["min_face"]),
-            "min_confidence": float(settings["min_confidence"]), "margin": float(settings["margin"]),
-            "thresholds": tuple(float(t) for t in settings.get("thresholds") or (0.6, 0.7, 0.8)),
-            "box_calibration": dict(settings["box_calibration"]) if settings.get("box_calibration") else None,
-            "backend": str(settings.get("backend") or "mtcnn"), "long_side": int(settings.get("long_side") or 512),
-            "labels": str(settings.get("labels") or "classifier"), "flip": bool(settings.get("flip", False)),
-            "nms_iou": None if settings.get("nms_iou") is None else float(settings["nms_iou"]),
-            "peaks": str(settings.get("peaks") or "face"), **stills_kwargs(settings.get("stills") or {}),
-            "finders": {k: dict(v) for k, v in (settings.get("finders") or {}).items()},
-            "runner_up": settings.get("runner_up")}
-
-
-def stills_kwargs(stills: dict) -> dict:
-    """facedet's extra effort on still images (conf/detect ``stills``); absent: none."""
-    return {"still_flip": bool(stills.get("flip", False)),
-            "zoom_side": int(stills["zoom_side"]) if stills.get("zoom_side") else None,
-            "zoom_face": float(stills.get("zoom_face") or 32.0)}
-
-
 def add_detector_args(parser: argparse.ArgumentParser) -> None:
     """Detector options; unset ones come from the model's stored settings (conf/detect)."""
     parser.add_argument("--backend", choices=("facedet",) + FINDERS, default=None,
@@ -448,23 +410,24 @@ def add_detector_args(parser: argparse.ArgumentParser) -> None:
                              "least this (0: never)")
 
 
-def detector_settings(args: argparse.Namespace, classifier: Classifier) -> dict:
+def detector_settings(args: argparse.Namespace, stored: DetectorSettings) -> DetectorSettings:
     """The model's stored detector settings, with the options given on the command line."""
-    given = {"max_side": args.max_side, "min_face": args.min_face, "min_confidence": args.min_confidence,
-             "backend": args.backend, "labels": args.labels, "long_side": args.long_side, "flip": args.flip,
-             "peaks": args.peaks, "runner_up": args.runner_up}
-    finders = {k: dict(v) for k, v in (classifier.settings.get("finders") or {}).items()}
+    finders = {k: dict(v) for k, v in stored.finders.items()}
     if args.long_side is not None:  # the finder's frame size too (yunet/ultraface/scrfd)
-        for name in ("yunet", "ultraface", "scrfd"):
+        for name in ONNX_FINDERS:
             finders.setdefault(name, {})["long_side"] = args.long_side
     if args.still_long_side is not None:
-        for name in ("yunet", "ultraface", "scrfd"):
+        for name in ONNX_FINDERS:
             finders.setdefault(name, {})["still_long_side"] = args.still_long_side or None
-    stills = {**(classifier.settings.get("stills") or {}),
-              **{k: v for k, v in {"zoom_side": args.zoom_side, "flip": args.stills_flip}.items() if v is not None}}
-    kwargs = detector_kwargs({**classifier.settings, **{k: v for k, v in given.items() if v is not None}, "stills": stills,
-                              "finders": finders})
-    return {**kwargs, "finder_dirs": list(args.finder_dir)}
+    stills = stored.stills
+    if args.zoom_side is not None:
+        stills = dataclasses.replace(stills, zoom_side=args.zoom_side or None)  # 0: off
+    if args.stills_flip is not None:
+        stills = dataclasses.replace(stills, flip=args.stills_flip)
+    chosen = stored.with_options(max_side=args.max_side, min_face=args.min_face, min_confidence=args.min_confidence,
+                                 backend=args.backend, labels=args.labels, long_side=args.long_side, flip=args.flip,
+                                 peaks=args.peaks, runner_up=args.runner_up)
+    return dataclasses.replace(chosen, stills=stills, finders=finders)
 
 
 def output_path(out: Path, source: str, roots: Sequence[str], suffix: str, taken: set[Path]) -> Path:
@@ -473,8 +436,6 @@ def output_path(out: Path, source: str, roots: Sequence[str], suffix: str, taken
     ``a.jpg`` and ``a.png`` stay apart); a file already there that this run did not write
     is never replaced: ``-1``, ``-2``, ... are added instead."""
     if "://" in source or source.isdigit():
-        from maskflow.cache import digest
-
         rel = Path(f"camera{source}" if source.isdigit() else f"stream-{digest(source, 8)}")
     else:
         path = Path(source)

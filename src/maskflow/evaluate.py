@@ -17,8 +17,14 @@ from typing import Sequence
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from maskflow import prepare
+from maskflow.cache import atomic_write_json, digest, read_json, sha256_file, stage_cache
 from maskflow.contracts import Evaluation, PreparedData, StageContext, TrainedModel
+from maskflow.data import read_manifest
 from maskflow.datasets import image_dataset, split_arrays
+from maskflow.detect import Classifier, build_detector
+from maskflow.evaluate_scenes import run_scenes, voc_items
+from maskflow.imageio import DecodeError, Frame, read_image
 
 log = logging.getLogger(__name__)
 
@@ -225,8 +231,6 @@ def run(cfg: DictConfig, ctx: StageContext) -> Evaluation:
     content: the model files, the data digest and the evaluate/detect settings."""
     import mlflow
 
-    from maskflow.cache import digest, sha256_file, stage_cache
-
     prepared: PreparedData = ctx.need("prepare")
     trained: TrainedModel = ctx.need("finetune")
     facedet = ctx.results.get("facedet")
@@ -249,8 +253,6 @@ def run(cfg: DictConfig, ctx: StageContext) -> Evaluation:
 
 
 def _evaluate(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str, float]:
-    from maskflow.cache import atomic_write_json, read_json
-    from maskflow.prepare import read_manifest
 
     prepared: PreparedData = ctx.need("prepare")
     trained: TrainedModel = ctx.need("finetune")
@@ -292,21 +294,17 @@ def _evaluate(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str, float]
 
 def _scenes(cfg: DictConfig, ctx: StageContext, model, size: int, classes: list[str], out: Path) -> dict[str, float]:
     """Detect-then-classify on the held-out split of a VOC scene set (scenes_* metrics)."""
-    from maskflow import prepare
-    from maskflow.cache import atomic_write_json
-    from maskflow.detect import Classifier, Detector, detector_kwargs
-    from maskflow.evaluate_scenes import run_scenes, voc_items
 
     sc = cfg.evaluate.scenes
     data_cfg, prepared = prepare.prepared_for(cfg, ctx, str(sc.data), f"xtest_{str(sc.data).replace('-', '_')}")
-    names = {Path(r["path"]).name for r in prepare.read_manifest(prepared.manifest, str(sc.split))}
+    names = {Path(r["path"]).name for r in read_manifest(prepared.manifest, str(sc.split))}
     items = voc_items(Path(data_cfg.root), names, int(sc.limit) if sc.get("limit") else None)
     # conf/detect, as registered with the model: what is evaluated is what gets served.
     facedet = ctx.results.get("facedet")
     face_model = facedet.model_path if facedet is not None else None
-    classifier = Classifier(model, classes, size, face_model=face_model, face_classes=facedet.classes if face_model else (),
-                            finder_dirs=[str(cfg.paths.face_weights_dir)])
-    detector = Detector(classifier, **detector_kwargs(OmegaConf.to_container(cfg.detect, resolve=True)))
+    classifier = Classifier(model, classes, size, OmegaConf.to_container(cfg.detect, resolve=True), face_model=face_model,
+                            face_classes=facedet.classes if face_model else (), finder_dirs=[str(cfg.paths.face_weights_dir)])
+    detector = build_detector(classifier.settings, classifier)
     scored = run_scenes(detector, items, out / "scenes_predictions.jsonl", resamples=int(sc.get("bootstrap", 0)))
     atomic_write_json(out / "scenes_metrics.json", scored)
     log.info("evaluate: scenes (%d %s images of %s): %s", len(items), sc.split, sc.data,
@@ -322,13 +320,10 @@ def _detector_on_test_images(cfg: DictConfig, ctx: StageContext, detector, limit
     folder parts of a union), one labelled face each: how detect-then-label does on
     photos unlike the scenes. ``found``: images with a face; ``accuracy``: the top face's
     label is the image's. Tagged ``xtest_<set>_detect_*``."""
-    from maskflow import prepare
-    from maskflow.detect import Frame
-    from maskflow.imageio import DecodeError, read_image
 
     prepared: PreparedData = ctx.need("prepare")
     # Close-ups only: whole-image rows of folder sets (a union's scene part has VOC boxes).
-    rows = [r for r in prepare.read_manifest(prepared.manifest, "test") if r["face"] in ("mtcnn", "whole_image")]
+    rows = [r for r in read_manifest(prepared.manifest, "test") if r["face"] in ("mtcnn", "whole_image")]
     rows = rows[:limit]
     found = correct = skipped = 0
     for r in rows:
@@ -353,14 +348,13 @@ def _detector_on_test_images(cfg: DictConfig, ctx: StageContext, detector, limit
 
 def _cross_dataset(cfg: DictConfig, ctx: StageContext, model, size: int, classes: list[str], name: str) -> dict[str, float]:
     """Every usable sample of another data config, scored with this model's classes."""
-    from maskflow import prepare
 
     if name == cfg.data.name:
         raise ValueError(f"evaluate.extra '{name}' is the training set itself")
     tag = f"xtest_{name.replace('-', '_')}"
     _, extra = prepare.prepared_for(cfg, ctx, name, tag)
     index = {c: i for i, c in enumerate(classes)}
-    rows = [r for r in prepare.read_manifest(extra.manifest)]
+    rows = [r for r in read_manifest(extra.manifest)]
     usable = [r for r in rows if r["label"] in index]
     dropped = len(rows) - len(usable)
     if not usable:

@@ -22,23 +22,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from hydra import compose, initialize_config_dir
+
+from maskflow.config import CONF_DIR, register_configs
+from maskflow.contracts import StageContext
+from maskflow.data import read_manifest, voc_items
+from maskflow.detect import Classifier, add_detector_args, build_detector, detector_settings
+from maskflow.detection.boxes import iou
+from maskflow.imageio import DecodeError, Frame, read_image
+from maskflow.prepare import run as prepare_run
 
 IOU = 0.5
-
-
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    ix = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    iy = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    inter = ix * iy
-    union = aw * ah + bw * bh - inter
-    return inter / union if union > 0 else 0.0
 
 
 def average_precision(scores: list[float], hits: list[bool], n_truth: int) -> float:
@@ -212,8 +212,6 @@ def run_scenes(detector, items: Sequence[tuple[Path, list[tuple[str, tuple]]]], 
                resamples: int = 0) -> dict:
     """Detect and classify each scene image; score against its annotations. With
     ``resamples``, also the 95% bootstrap interval of scenes_map50 (:func:`bootstrap_map50`)."""
-    from maskflow.detect import Frame
-    from maskflow.imageio import DecodeError, read_image
 
     results, skipped, started = [], 0, time.perf_counter()
     out = open(jsonl, "w", encoding="utf-8") if jsonl else None
@@ -241,17 +239,15 @@ def run_scenes(detector, items: Sequence[tuple[Path, list[tuple[str, tuple]]]], 
 
 
 def fit_box_calibration(face_detector, items: Sequence[tuple[Path, list]], min_iou: float = 0.3) -> dict[str, float]:
-    """Median centre shift and scale from a finder's boxes (MTCNN's ``detect`` or a
-    :class:`maskflow.detection.Finder`) to annotated boxes (each truth with its best
+    """Median centre shift and scale from a :class:`maskflow.detection.Finder`'s boxes to annotated boxes (each truth with its best
     detection at IoU >= ``min_iou``): the annotation convention of a scene set.
     Fit on a train split; the evaluation split must not be used."""
-    from maskflow.imageio import DecodeError, read_image
 
     dx, dy, sw, sh = [], [], [], []
     for path, truths in items:
         try:
             rgb = read_image(path).rgb
-            faces = face_detector.find(rgb, still=True) if hasattr(face_detector, "find") else face_detector.detect(rgb)
+            faces = face_detector.find(rgb, still=True)
         except DecodeError:
             continue
         for _, box in truths:
@@ -270,38 +266,18 @@ def fit_box_calibration(face_detector, items: Sequence[tuple[Path, list]], min_i
             "sw": round(float(np.median(sw)), 4), "sh": round(float(np.median(sh)), 4), "pairs": len(dx)}
 
 
-def voc_items(folder: Path, names: set[str] | None = None, limit: int | None = None) -> list[tuple[Path, list]]:
-    from maskflow.prepare import parse_voc
-
-    items = []
-    for xml in sorted((folder / "annotations").glob("*.xml")):
-        filename, objects = parse_voc(xml)
-        image = folder / "images" / filename
-        if image.exists() and (names is None or image.name in names):
-            items.append((image, [(label, box) for label, box in objects]))
-    return items[:limit] if limit else items
-
-
 def split_names(folder: Path, split: str, data: str = "mask-scenes-853", overrides: Sequence[str] = ()) -> set[str]:
     """Image names of one split of a VOC folder, split exactly as the pipeline splits it
     (``conf/data/<data>.yaml`` with ``data.root=folder``; prepare is cached)."""
-    import tempfile
 
-    from hydra import compose, initialize_config_dir
-
-    from maskflow.config import CONF_DIR, register_resolvers
-    from maskflow.contracts import StageContext
-    from maskflow.prepare import read_manifest, run
-
-    register_resolvers()
+    register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"data={data}", f"data.root={Path(folder).resolve()}", *overrides])
     ctx = StageContext(run_dir=Path(tempfile.mkdtemp(prefix="maskflow-scenes-")), cache_dir=Path(cfg.paths.cache_dir))
-    return {Path(r["path"]).name for r in read_manifest(run(cfg, ctx).manifest, split)}
+    return {Path(r["path"]).name for r in read_manifest(prepare_run(cfg, ctx).manifest, split)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from maskflow.detect import Classifier, Detector, add_detector_args, detector_settings
 
     parser = argparse.ArgumentParser(prog="python -m maskflow.evaluate_scenes", description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="VOC folder with images/ and annotations/")
@@ -328,15 +304,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     names = None
     if args.manifest and args.split != "all":
-        from maskflow.prepare import read_manifest
-
         names = {Path(r["path"]).name for r in read_manifest(args.manifest, args.split)}
     elif args.split != "all":
         names = split_names(args.folder, args.split, args.data)
     classifier = Classifier.from_uri(args.model, args.tracking_uri)
-    detector = Detector(classifier, **detector_settings(args, classifier))
+    detector = build_detector(detector_settings(args, classifier.settings), classifier, finder_dirs=args.finder_dir)
     if args.fit_boxes:
-        fitted = fit_box_calibration(detector.detector, voc_items(args.folder, names, args.limit))
+        fitted = fit_box_calibration(detector.finder, voc_items(args.folder, names, args.limit))
         print(f"# {fitted.pop('pairs')} matched faces of {args.folder} ({args.split} split)")
         print("box_calibration: {" + ", ".join(f"{k}: {v}" for k, v in fitted.items()) + "}")
         return 0

@@ -18,18 +18,22 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from maskflow import serving
+from maskflow.cache import digest, sha256_bytes, sha256_file, stage_cache
 from maskflow.contracts import Evaluation, Exported, PreparedData, StageContext, TrainedModel
 from maskflow.datasets import split_arrays
+from maskflow.detection.finders import file_sha256, finder_files
+from maskflow.detection.weights import resolve
+from maskflow.evaluate import load_model
+from maskflow.faces import resize_square
 
 log = logging.getLogger(__name__)
 
 
 def _images(paths: Sequence[str], size: int) -> Iterable[np.ndarray]:
     from PIL import Image
-
-    from maskflow.faces import resize_square
 
     for p in paths:
         yield resize_square(np.asarray(Image.open(p).convert("RGB")), size).astype(np.float32)
@@ -95,9 +99,6 @@ def run(cfg: DictConfig, ctx: StageContext) -> Exported:
     """Export and re-score each format (cached by the model's and data's content), then
     register the pyfunc model (a version of the same files and settings is reused)."""
     import mlflow
-    from omegaconf import OmegaConf
-
-    from maskflow.cache import digest, sha256_file, stage_cache
 
     prepared: PreparedData = ctx.need("prepare")
     trained: TrainedModel = ctx.need("finetune")
@@ -127,8 +128,6 @@ def run(cfg: DictConfig, ctx: StageContext) -> Exported:
 def _export(cfg: DictConfig, ctx: StageContext, out: Path) -> dict:
     """Write every format into ``out`` and score it; returns metrics and artifact names."""
     import tensorflow as tf
-
-    from maskflow.evaluate import load_model
 
     prepared: PreparedData = ctx.need("prepare")
     trained: TrainedModel = ctx.need("finetune")
@@ -178,9 +177,6 @@ def _export(cfg: DictConfig, ctx: StageContext, out: Path) -> dict:
 
 def _register(cfg, ctx, trained: TrainedModel, prepared: PreparedData, evaluation: Evaluation, out: Path) -> str:
     """Log the pyfunc model and register it, reusing a version of the same trained model."""
-    from omegaconf import OmegaConf
-
-    from maskflow import serving
 
     tags = {"backbone": cfg.model.name, "data_digest": prepared.digest, "data_name": cfg.data.name,
             "run_id": ctx.run_id or "",
@@ -199,8 +195,6 @@ def _register(cfg, ctx, trained: TrainedModel, prepared: PreparedData, evaluatio
 
 def _finder_files(cfg) -> list[Path]:
     """The pretrained finder's model files (checked by sha256), to travel inside the model."""
-    from maskflow.detection.finders import file_sha256, finder_files
-    from maskflow.detection.weights import resolve
 
     finders = cfg.detect.get("finders") or {}
     names = finder_files(str(cfg.detect.get("backend", "mtcnn")), finders)
@@ -214,9 +208,6 @@ def register_pyfunc(name: str, keras_model: Path, meta: dict, meta_path: Path, e
     (classes, detector settings) under the same pyfunc contract is reused instead."""
     import mlflow
     from mlflow.tracking import MlflowClient
-
-    from maskflow import serving
-    from maskflow.cache import sha256_bytes, sha256_file
 
     model_sha = sha256_file(keras_model)
     if face_model is not None:  # the served model is the pair

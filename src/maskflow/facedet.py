@@ -16,43 +16,33 @@ Box records match :class:`maskflow.faces.Face` plus class probabilities, so
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import time
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import cv2
 import keras
 import numpy as np
+from omegaconf import OmegaConf
 
-from maskflow import backbones  # registers Preprocess, so saved detectors load anywhere
+from maskflow import (
+    backbones,  # registers Preprocess, so saved detectors load anywhere
+    prepare,
+)
+from maskflow.cache import atomic_write_json, digest, read_json
+from maskflow.config import compose_option
+from maskflow.contracts import TrainedDetector
+from maskflow.data import read_manifest
+from maskflow.detection.boxes import calibrate_box
+from maskflow.detection.centernet import STRIDE, CenterNetFinder, Upsample2x
+from maskflow.detection.settings import DetectorSettings
+from maskflow.evaluate_scenes import score_scenes, voc_items
+from maskflow.imageio import DecodeError, read_image
 
-STRIDE = 4
 FEATURES = {  # MobileNetV2 layers at strides 4, 8, 16, 32
     "MobileNetV2": ("block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu", "out_relu"),
 }
-
-
-@dataclass(frozen=True)
-class Detection:
-    box: tuple[int, int, int, int]  # x, y, w, h in pixels of the original image
-    score: float  # face probability: 1 - prod(1 - peak of each class)
-    probs: tuple[float, ...]  # class probabilities at the box's cell (class maps, normalised)
-    label: int | None = None  # the class whose map peaks here (per-class decoding), else None
-
-
-@keras.saving.register_keras_serializable(package="maskflow")
-class Upsample2x(keras.layers.Layer):
-    """Bilinear 2x upsampling that traces with unknown frame sizes (Keras' UpSampling2D
-    bilinear needs static ones, so one compiled graph could not serve every frame).
-    Other Keras backends (JAX, used to train on a GPU machine without TensorFlow) trace
-    with static sizes, so ``keras.ops`` does there."""
-
-    def call(self, x):
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            return tf.image.resize(x, tf.shape(x)[1:3] * 2, method="bilinear")
-        _, h, w, _ = keras.ops.shape(x)
-        return keras.ops.image.resize(x, (2 * h, 2 * w), interpolation="bilinear")
 
 
 def build_model(num_classes: int, backbone, feature_layers: Sequence[str], width: int = 64):
@@ -139,66 +129,6 @@ def loss_fn(num_classes: int, size_weight: float = 1.0):
     return loss
 
 
-def decode(output: np.ndarray, scale: float, num_classes: int, top_k: int = 300, min_score: float = 0.05,
-           image_shape: tuple[int, int] | None = None, nms_iou: float | None = None,
-           per_class: bool = False) -> list[Detection]:
-    """Peaks of one output map (H/4, W/4, classes + 4) -> detections in original pixels
-    (``scale``: network input pixels per original pixel), highest first.
-
-    ``per_class=False``: one detection per 3x3 local maximum of the face map (max over
-    classes), its class left to the caller (most likely: argmax of ``probs``).
-    ``per_class=True`` (CenterNet's own decoding): one detection per local maximum of each
-    class map, with that class in ``label``, so an ambiguous face can be reported as, say,
-    ``with_mask`` and, lower ranked, ``mask_weared_incorrect`` (the rare class is then not
-    lost to its neighbour). With ``nms_iou``, a box overlapping a higher one by more than
-    that is dropped, whatever its class. At most ``top_k`` peaks are kept: a crowd scene of
-    the test split has 115 faces, and 100 peaks over three class maps missed some of them."""
-    heat = 1.0 / (1.0 + np.exp(-output[..., :num_classes]))
-    kernel = np.ones((3, 3), np.uint8)
-    maps = [(heat[..., c], c) for c in range(num_classes)] if per_class else [(heat.max(-1), None)]
-    peaks = []  # (peak value, row, column, class or None)
-    for value, label in maps:
-        ys, xs = np.nonzero((value == cv2.dilate(value, kernel)) & (value >= min_score))
-        peaks += [(float(value[y, x]), int(y), int(x), label) for y, x in zip(ys, xs)]
-    peaks.sort(key=lambda peak: -peak[0])
-    found = []
-    for _, iy, ix, label in peaks[:top_k]:
-        lw, lh, ox, oy = output[iy, ix, num_classes:]
-        w, h = np.exp(np.clip([lw, lh], -3, 6)) * STRIDE / scale
-        cx, cy = (ix + ox) * STRIDE / scale, (iy + oy) * STRIDE / scale
-        x0, y0 = cx - w / 2, cy - h / 2
-        if image_shape is not None:
-            x1, y1 = min(image_shape[1], x0 + w), min(image_shape[0], y0 + h)
-            x0, y0 = max(0.0, x0), max(0.0, y0)
-            w, h = x1 - x0, y1 - y0
-        if w < 1 or h < 1:
-            continue
-        p = heat[iy, ix]
-        found.append(Detection(box=(int(round(x0)), int(round(y0)), int(round(w)), int(round(h))),
-                               score=float(1.0 - np.prod(1.0 - p)), probs=tuple(float(v) for v in p / p.sum()), label=label))
-    if nms_iou is not None:
-        from maskflow.evaluate_scenes import iou
-
-        kept: list[Detection] = []
-        for d in found:  # highest peak first
-            if all(iou(d.box, k.box) <= nms_iou for k in kept):
-                kept.append(d)
-        found = kept
-    return found
-
-
-def letterbox(rgb: np.ndarray, long_side: int, multiple: int = 32) -> tuple[np.ndarray, float]:
-    """Resize so the long side is ``long_side``; pad right/bottom to a multiple of 32."""
-    h, w = rgb.shape[:2]
-    scale = long_side / max(h, w)
-    nw, nh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
-    resized = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    ph, pw = -nh % multiple, -nw % multiple
-    if ph or pw:
-        resized = cv2.copyMakeBorder(resized, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=(114, 114, 114))
-    return resized, scale
-
-
 def repeat_factors(labels: Sequence[np.ndarray], num_classes: int, threshold: float = 0.3) -> np.ndarray:
     """Per scene, max over its classes of max(1, sqrt(threshold / fraction of scenes with
     that class)) (Gupta et al., LVIS, 2019): scenes with a rare class are drawn more often."""
@@ -263,97 +193,6 @@ def _augment(rgb: np.ndarray, boxes: np.ndarray, labels: np.ndarray, s: float, c
     return canvas, encode(b, lab, (crop, crop), num_classes, box_radius)
 
 
-def merge_flipped(output: np.ndarray, mirrored: np.ndarray, num_classes: int) -> np.ndarray:
-    """Average the class heatmaps (as probabilities) and box sizes of a letterboxed frame
-    and of its mirror image (output mirrored back: the width is a multiple of the stride,
-    so cells line up); offsets stay the frame's own."""
-    back = mirrored[:, ::-1]
-    merged = output.copy()
-    prob = (1 / (1 + np.exp(-output[..., :num_classes])) + 1 / (1 + np.exp(-back[..., :num_classes]))) / 2
-    prob = np.clip(prob, 1e-6, 1 - 1e-6)
-    merged[..., :num_classes] = np.log(prob / (1 - prob))
-    merged[..., num_classes:num_classes + 2] = (output[..., num_classes:num_classes + 2] + back[..., num_classes:num_classes + 2]) / 2
-    return merged
-
-
-def merge_zoomed(base: Sequence[Detection], zoomed: Sequence[Detection], zoom_face: float, overlap: float = 0.5) -> list[Detection]:
-    """One frame's detections from two input sizes: faces under ``zoom_face`` px (long
-    side, original pixels) from the zoomed pass, faces of at least 3/4 of that from the
-    base pass; where both report a face of the same class (IoU above ``overlap``) in
-    that band, the higher ranked box stays. Highest first."""
-    from maskflow.evaluate_scenes import iou
-
-    def rank(d: Detection) -> float:  # as scored: face score x class probability
-        return d.score * d.probs[_class_of(d)]
-
-    pool = [d for d in base if max(d.box[2:]) >= 0.75 * zoom_face] + [d for d in zoomed if max(d.box[2:]) < zoom_face]
-    kept: list[Detection] = []
-    for d in sorted(pool, key=rank, reverse=True):
-        if all(_class_of(k) != _class_of(d) or iou(d.box, k.box) <= overlap for k in kept):
-            kept.append(d)
-    return kept
-
-
-def _class_of(d: Detection) -> int:
-    return d.label if d.label is not None else int(np.argmax(d.probs))
-
-
-class TrainedFaceDetector:
-    """The trained detector at run time: ``detect(rgb) -> [Face]`` like
-    :class:`maskflow.faces.FaceDetector`, each face with its class probabilities.
-
-    ``detect(rgb, still=True)`` spends more on a still image than a video frame can
-    afford: ``still_flip`` averages the mirrored frame in, and ``zoom_side`` adds a pass at
-    that larger long side for the faces under ``zoom_face`` px (:func:`merge_zoomed`):
-    faces of a few pixels in a crowd are found better upscaled, larger ones at the
-    size the detector was trained around."""
-
-    def __init__(self, model, classes: Sequence[str], long_side: int = 512, min_score: float = 0.05, flip: bool = False,
-                 nms_iou: float | None = None, per_class: bool = False, still_flip: bool = False,
-                 zoom_side: int | None = None, zoom_face: float = 32.0) -> None:
-        import tensorflow as tf
-
-        if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-            model = keras.models.load_model(model, compile=False)
-        self.model = model
-        self.classes = list(classes)
-        self.long_side = int(long_side)
-        self.min_score = float(min_score)
-        self.flip = bool(flip)  # also run the mirrored frame and average the maps (2x cost)
-        self.nms_iou = None if nms_iou is None else float(nms_iou)
-        self.per_class = bool(per_class)  # one box per peak of each class map (see decode)
-        self.still_flip = bool(still_flip)
-        self.zoom_side = int(zoom_side) if zoom_side else None
-        self.zoom_face = float(zoom_face)
-        self._call = tf.function(lambda x: model(x, training=False),
-                                 input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
-
-    def detect(self, rgb: np.ndarray, still: bool = False) -> list:
-        from maskflow.faces import Face
-
-        if min(rgb.shape[:2]) < 2:
-            return []
-        flip = self.flip or (still and self.still_flip)
-        found = self._detections(rgb, self.long_side, flip)
-        if still and self.zoom_side:
-            found = merge_zoomed(found, self._detections(rgb, self.zoom_side, flip), self.zoom_face)
-        return [Face(box=d.box, score=d.score, probs=d.probs, label=d.label) for d in found]
-
-    def maps(self, rgb: np.ndarray, long_side: int, flip: bool) -> tuple[np.ndarray, float]:
-        """(output map, scale) of the frame letterboxed to ``long_side``; ``flip`` averages
-        the mirrored frame's in."""
-        image, scale = letterbox(rgb, long_side)
-        if flip:
-            both = self._call(np.stack([image, image[:, ::-1]]).astype(np.float32)).numpy()
-            return merge_flipped(both[0], both[1], len(self.classes)), scale
-        return self._call(image[None].astype(np.float32))[0].numpy(), scale
-
-    def _detections(self, rgb: np.ndarray, long_side: int, flip: bool) -> list[Detection]:
-        output, scale = self.maps(rgb, long_side, flip)
-        return decode(output, scale, len(self.classes), min_score=self.min_score, image_shape=rgb.shape[:2],
-                      nms_iou=self.nms_iou, per_class=self.per_class)
-
-
 # ---- stage ``facedet``: train the detector on a VOC scene set's train split ------------
 
 VERSION = 2  # bumped when training or targets change, so cached detectors are rebuilt
@@ -361,15 +200,8 @@ VERSION = 2  # bumped when training or targets change, so cached detectors are r
 
 def run(cfg, ctx):
     """Train (or load from the cache) the detector ``detect.backend=facedet`` uses."""
-    import logging
 
     import mlflow
-    from omegaconf import OmegaConf
-
-    from maskflow import prepare
-    from maskflow.cache import atomic_write_json, digest, read_json
-    from maskflow.config import CONF_DIR
-    from maskflow.contracts import TrainedDetector
 
     log = logging.getLogger(__name__)
     if str(cfg.detect.get("backend", "mtcnn")) != "facedet":
@@ -377,7 +209,7 @@ def run(cfg, ctx):
         return TrainedDetector(model_path=None, classes=(), long_side=0)
     fd = cfg.facedet
     data_cfg, prepared = prepare.prepared_for(cfg, ctx, str(fd.data), f"facedet_{str(fd.data).replace('-', '_')}")
-    model_cfg = OmegaConf.load(CONF_DIR / "model" / f"{fd.backbone}.yaml")
+    model_cfg = compose_option("model", str(fd.backbone))
     weights = backbones.resolve_weights(model_cfg, list(cfg.paths.weights_dirs))
     settings = OmegaConf.to_container(fd, resolve=True)
     extra = [prepare.prepared_for(cfg, ctx, str(name), f"facedet_{str(name).replace('-', '_')}") for name in fd.get("extra_data") or []]
@@ -414,10 +246,7 @@ def run(cfg, ctx):
 
 
 def _scene_items(data_cfg, prepared, split: str) -> list:
-    from pathlib import Path
 
-    from maskflow.evaluate_scenes import voc_items
-    from maskflow.prepare import read_manifest
 
     names = {Path(r["path"]).name for r in read_manifest(prepared.manifest, split)}
     return voc_items(Path(str(data_cfg.root)), names)
@@ -425,7 +254,6 @@ def _scene_items(data_cfg, prepared, split: str) -> list:
 
 def _load(items, classes: Sequence[str]) -> tuple[list, int]:
     """(rgb, boxes, labels) per scene; undecodable images are skipped and counted."""
-    from maskflow.imageio import DecodeError, read_image
 
     index = {c: i for i, c in enumerate(classes)}
     loaded, skipped = [], 0
@@ -445,11 +273,6 @@ def _closeups(extra, classes: Sequence[str], calibration: dict | None, max_side:
     """(rgb, [box], [label]) of the train-split photos of folder-labelled sets whose face
     MTCNN found at prepare (the box moved to the scenes' annotation convention, as
     ``detect.box_calibration`` does for MTCNN), downscaled to ``max_side`` to bound memory."""
-    from pathlib import Path
-
-    from maskflow.detection.boxes import calibrate_box
-    from maskflow.imageio import DecodeError, read_image
-    from maskflow.prepare import read_manifest
 
     index = {c: i for i, c in enumerate(classes)}
     out = []
@@ -471,11 +294,8 @@ def _closeups(extra, classes: Sequence[str], calibration: dict | None, max_side:
 
 
 def _train(cfg, data_cfg, prepared, model_cfg, weights, classes, work, model_path, extra=()) -> dict:
-    import logging
-    import time
 
     import tensorflow as tf
-
 
     log = logging.getLogger(__name__)
     fd = cfg.facedet
@@ -516,19 +336,13 @@ def _train(cfg, data_cfg, prepared, model_cfg, weights, classes, work, model_pat
 
 def _validate(cfg, model_path, classes: Sequence[str], items) -> dict:
     """The detector alone (its own labels, conf/detect's settings) on the val scenes."""
-    import logging
 
-    from maskflow.detect import stills_kwargs
-    from maskflow.evaluate_scenes import score_scenes
-
-    detect = cfg.detect
-    detector = TrainedFaceDetector(model_path, classes, int(detect.long_side), min_score=float(detect.min_confidence),
-                                   flip=bool(detect.get("flip", False)), nms_iou=detect.get("nms_iou"),
-                                   per_class=str(detect.get("peaks", "face")) == "class", **stills_kwargs(detect.get("stills") or {}))
+    settings = DetectorSettings.from_stored(OmegaConf.to_container(cfg.detect, resolve=True))
+    detector = CenterNetFinder.from_settings(model_path, classes, settings, per_class=settings.peaks == "class")
     results = []
     for rgb, boxes, labels in _load(items, classes)[0]:
         preds = [{"box": list(f.box), "label": classes[f.class_index()], "score": f.probs[f.class_index()], "detector_score": f.score}
-                 for f in detector.detect(rgb, still=True)]
+                 for f in detector.find(rgb, still=True)]
         results.append((preds, [(classes[c], tuple(b)) for c, b in zip(labels, boxes)]))
     val = score_scenes(results, classes)["metrics"]
     logging.getLogger(__name__).info("facedet: val scenes_map50 %.4f, recall %.4f, precision %.4f (%d scenes)",

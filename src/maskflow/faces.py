@@ -89,6 +89,12 @@ class FaceDetector:
         fit = min(1.0, self.max_side / max(height, width)) if self.max_side > 0 else 1.0
         return fit * PNET_WINDOW / max(1.0, self.min_face_size)
 
+    name = "mtcnn"
+
+    def find(self, rgb: np.ndarray, still: bool = False) -> list[Face]:
+        """As a :class:`maskflow.detection.Finder` (one pass, stills or not)."""
+        return self.detect(rgb)
+
     def detect(self, rgb: np.ndarray) -> list[Face]:
         h, w = rgb.shape[:2]
         scale = self.scale_for(h, w)

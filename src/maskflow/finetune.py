@@ -28,6 +28,9 @@ from maskflow import backbones
 from maskflow.cache import atomic_write_json, digest, read_json
 from maskflow.contracts import PreparedData, StageContext, TrainedModel, TunedHead
 from maskflow.datasets import balanced_class_weights, image_dataset, split_arrays
+from maskflow.distribute import strategy_for
+from maskflow.tracking import pip_requirements
+from maskflow.tune import load_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +136,6 @@ def _nll_accuracy(probs: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 def _train(cfg, prepared, tuned, weights, work: Path, model_path: Path) -> dict[str, Any]:
-    from maskflow.distribute import strategy_for
-    from maskflow.tune import load_embeddings
 
     train = cfg.train
     size, n_classes = int(cfg.model.input_size), len(prepared.classes)
@@ -200,8 +201,6 @@ def _train(cfg, prepared, tuned, weights, work: Path, model_path: Path) -> dict[
 def _log_model(model_path: Path, ctx: StageContext) -> None:
     """The trained Keras model as an MLflow model artifact (``finetune/model``)."""
     import mlflow
-
-    from maskflow.tracking import pip_requirements
 
     model = keras.models.load_model(model_path, compile=False)
     try:

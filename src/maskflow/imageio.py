@@ -39,6 +39,16 @@ class Decoded:
     exif_rotated: bool
 
 
+@dataclass
+class Frame:
+    """One image or video frame to detect faces in (``rgb``: HxWx3 uint8)."""
+
+    source: str
+    index: int
+    rgb: np.ndarray
+    is_video: bool
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):

@@ -18,10 +18,15 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from maskflow.config import CONF_DIR, PROJECT_ROOT, register_resolvers
+from maskflow import tracking
+from maskflow.backbones import resolve_weights
+from maskflow.config import CONF_DIR, PROJECT_ROOT, compose_option, register_configs
 from maskflow.contracts import StageContext, to_jsonable
+from maskflow.detection.finders import file_sha256, finder_files
+from maskflow.detection.weights import resolve
 
 log = logging.getLogger("maskflow")
 
@@ -52,25 +57,14 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run the stages of ``cfg.stages`` inside one MLflow run; return the stage outputs."""
     import mlflow
 
-    from maskflow import tracking
-
     stages = plan(list(cfg.stages))
     if {"tune", "finetune"} & set(stages):
         # Fail fast, before any data work, when the backbone's weights cannot be had.
-        from maskflow.backbones import resolve_weights
-
         resolve_weights(cfg.model, list(cfg.paths.weights_dirs))
     if "facedet" in stages and str(cfg.detect.get("backend", "mtcnn")) == "facedet":
-        from omegaconf import OmegaConf
-
-        from maskflow.backbones import resolve_weights
-
-        resolve_weights(OmegaConf.load(CONF_DIR / "model" / f"{cfg.facedet.backbone}.yaml"), list(cfg.paths.weights_dirs))
+        resolve_weights(compose_option("model", str(cfg.facedet.backbone)), list(cfg.paths.weights_dirs))
     if {"prepare", "evaluate", "export"} & set(stages):
         # A pretrained finder's files are checked (sha256) before any work, not at evaluate.
-        from maskflow.detection.finders import file_sha256, finder_files
-        from maskflow.detection.weights import resolve
-
         finders = cfg.detect.get("finders") or {}
         backend = str(cfg.detect.get("backend", "mtcnn"))
         names = finder_files(backend, finders)
@@ -101,12 +95,11 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return ctx.results
 
 
-register_resolvers()
+register_configs()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from hydra.core.hydra_config import HydraConfig
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     results = run_pipeline(cfg, run_dir)

@@ -16,135 +16,28 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+import cv2
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 from maskflow import split as splitting
 from maskflow.cache import atomic_write_bytes, atomic_write_json, digest, read_json, sha256_bytes
+from maskflow.config import compose_option
 from maskflow.contracts import PreparedData, StageContext
+from maskflow.data import MANIFEST_FIELDS, list_items
+from maskflow.detection.boxes import corners_of, iou_matrix
+from maskflow.detection.finders import build_finder
+from maskflow.faces import FaceDetector, crop_face, largest_face, resize_square
+from maskflow.imageio import DecodeError, read_image
 
 log = logging.getLogger(__name__)
 
 # Bump when the per-file processing changes meaning, so stale cache entries are not reused.
 PROCESS_VERSION = 2  # 2: MTCNN pyramid reaches faces that fill the image (faces.py)
-MANIFEST_FIELDS = [
-    "sample_id", "path", "label", "sha256", "size_bytes", "source", "group", "split", "status",
-    "reason", "crop", "face", "det_score", "box", "width", "height", "mode", "phash", "part",
-]
-
-
-@dataclass(frozen=True)
-class Item:
-    """One file to process, with its label (folder sets) or its VOC objects (scene sets)."""
-
-    path: Path
-    rel: str
-    label: str | None
-    objects: tuple[tuple[str, tuple[int, int, int, int]], ...] | None = None
-    problem: str | None = None  # a reason known before decoding (e.g. bad annotation)
-
-
-# ---------------------------------------------------------------------------- listing
-
-
-def list_folder_dataset(root: Path) -> list[Item]:
-    """Class-per-folder: ``root/<class>/**/<file>``; every regular file is listed."""
-    items = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for path in sorted(class_dir.rglob("*")):
-            if path.is_file():
-                items.append(Item(path=path, rel=path.relative_to(root).as_posix(), label=class_dir.name))
-    return items
-
-
-def parse_voc(xml_path: Path) -> tuple[str, list[tuple[str, tuple[int, int, int, int]]]]:
-    """(image file name, [(class, (x, y, w, h)), ...]) from a PASCAL VOC annotation."""
-    tree = ET.parse(xml_path)
-    filename = (tree.findtext("filename") or "").strip()
-    objects = []
-    for obj in tree.iter("object"):
-        name = (obj.findtext("name") or "").strip()
-        bb = obj.find("bndbox")
-        if not name or bb is None:
-            continue
-        x0, y0, x1, y1 = (int(round(float(bb.findtext(k) or 0))) for k in ("xmin", "ymin", "xmax", "ymax"))
-        objects.append((name, (x0, y0, x1 - x0, y1 - y0)))
-    return filename, objects
-
-
-def list_voc_dataset(root: Path, images: str = "images", annotations: str = "annotations") -> list[Item]:
-    """One item per annotated image. Annotation files that name the same image are merged
-    (their faces together, exact repeats once) and the merge is logged, so no face is lost
-    and every sample id stays unique."""
-    items, seen = [], {}  # image name -> index in items
-    image_dir = root / images
-    for xml_path in sorted((root / annotations).glob("*.xml")):
-        rel_xml = xml_path.relative_to(root).as_posix()
-        try:
-            filename, objects = parse_voc(xml_path)
-        except (ET.ParseError, ValueError) as exc:
-            items.append(Item(path=xml_path, rel=rel_xml, label=None, problem=f"bad_annotation: {exc}"))
-            continue
-        path = image_dir / (filename or xml_path.stem + ".jpg")
-        if not path.exists():
-            items.append(Item(path=xml_path, rel=rel_xml, label=None, problem="image_missing"))
-            continue
-        if path.name in seen:
-            first = items[seen[path.name]]
-            merged = tuple(dict.fromkeys(first.objects + tuple(objects)))
-            log.warning("prepare: %s also annotates %s: merged (%d + %d faces -> %d)", rel_xml, path.name,
-                        len(first.objects), len(objects), len(merged))
-            items[seen[path.name]] = Item(path=first.path, rel=first.rel, label=None, objects=merged)
-            continue
-        seen[path.name] = len(items)
-        items.append(Item(path=path, rel=path.relative_to(root).as_posix(), label=None, objects=tuple(objects)))
-    if image_dir.is_dir():
-        for path in sorted(image_dir.iterdir()):
-            if path.is_file() and path.name not in seen:
-                items.append(Item(path=path, rel=path.relative_to(root).as_posix(), label=None, problem="no_annotation"))
-    return items
-
-
-def list_items(data_cfg: DictConfig) -> list[Item]:
-    root = Path(data_cfg.root)
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"data folder {root} does not exist: set data.root=<dir> or MASKFLOW_DATA_DIR "
-            "(the folder that holds mask-faces-4k/ and mask-scenes-853/)"
-        )
-    if data_cfg.format == "folders":
-        items = list_folder_dataset(root)
-    elif data_cfg.format == "voc":
-        items = list_voc_dataset(root, data_cfg.get("images", "images"), data_cfg.get("annotations", "annotations"))
-    else:
-        raise ValueError(f"data.format must be 'folders' or 'voc', got {data_cfg.format!r}")
-    limit = data_cfg.get("limit_per_class")
-    if limit:
-        items = _limit_items(items, int(limit))
-    return items
-
-
-def _limit_items(items: list[Item], limit: int) -> list[Item]:
-    """A deterministic subset (CI-sized runs): the first ``limit`` files per class by a
-    hash of their path, so the subset does not depend on listing order. A scene counts
-    for the rarest class among its faces, so every class is in a small subset."""
-    frequency = Counter(name for item in items for name, _ in (item.objects or []))
-    by_label: dict[str, list[Item]] = defaultdict(list)
-    for item in items:
-        names = {name for name, _ in item.objects or []}
-        by_label[item.label or min(names, key=lambda n: (frequency[n], n), default="scene")].append(item)
-    kept = []
-    for label in sorted(by_label):
-        kept += sorted(by_label[label], key=lambda it: digest(it.rel))[:limit]
-    return sorted(kept, key=lambda it: it.rel)
-
-
 # --------------------------------------------------------------------- per-file work
 
 _DETECTOR = None
@@ -163,8 +56,6 @@ def _init_worker(threads: int) -> None:
 def _detector(params: dict[str, Any]):
     global _DETECTOR
     if _DETECTOR is None:
-        from maskflow.faces import FaceDetector
-
         _DETECTOR = FaceDetector(min_face_size=params["min_face_size"], max_side=params["detect_max_side"])
     return _DETECTOR
 
@@ -173,8 +64,6 @@ def _finder(spec: dict[str, Any]):
     """The finder whose boxes scene faces are also cropped around (one per worker)."""
     global _FINDER
     if _FINDER is None:
-        from maskflow.detection.finders import build_finder
-
         _FINDER = build_finder(spec["name"], {spec["name"]: spec["settings"]}, spec["dirs"])
     return _FINDER
 
@@ -187,9 +76,6 @@ def process_file(job: tuple[str, str, dict[str, Any], str, str]) -> tuple[str, d
     path, objects_json, params, record_path, crop_prefix = job
     import imagehash
     from PIL import Image
-
-    from maskflow.faces import crop_face, largest_face, resize_square
-    from maskflow.imageio import DecodeError, read_image
 
     record: dict[str, Any] = {"version": PROCESS_VERSION, "samples": []}
     try:
@@ -232,7 +118,6 @@ def process_file(job: tuple[str, str, dict[str, Any], str, str]) -> tuple[str, d
                 samples.append({"face": "voc_box", "box": box, "label": label, "crop": crop_face(rgb, box, margin, size), "reason": ""})
         if params.get("finder_boxes"):
             samples += _finder_samples(rgb, samples, params)
-    import cv2
 
     for i, sample in enumerate(samples):
         crop = sample.pop("crop")
@@ -251,8 +136,6 @@ def process_file(job: tuple[str, str, dict[str, Any], str, str]) -> tuple[str, d
 def _finder_samples(rgb, annotated: list[dict[str, Any]], params: dict[str, Any]) -> list[dict[str, Any]]:
     """A second crop of each annotated face, cut around the finder's box for it (IoU >=
     0.5, raw box as at run time), so the classifier trains on what a finder hands over."""
-    from maskflow.detection.boxes import corners_of, iou_matrix
-    from maskflow.faces import crop_face
 
     spec = params["finder_boxes"]
     faces = _finder({**spec, "dirs": params["face_weights_dirs"]}).find(rgb, still=True)
@@ -294,7 +177,6 @@ def _params(cfg: DictConfig) -> dict[str, Any]:
 
 def _finder_spec(cfg: DictConfig) -> dict[str, Any] | None:
     """``data.finder_boxes``: the finder (with its conf/detect settings) for extra crops."""
-    from omegaconf import OmegaConf
 
     name = cfg.data.get("finder_boxes")
     if not name:
@@ -403,7 +285,7 @@ def run(cfg: DictConfig, ctx: StageContext, name: str = "prepare") -> PreparedDa
     _log_mlflow(cfg, out_dir, manifest, report, name)
     for line in _report_markdown(report).splitlines()[:30]:
         log.info("%s", line)
-    _require_every_class(classes, report["counts"], rows, f"prepare {cfg.data.name}")
+    _warn_missing_classes(classes, report["counts"], f"prepare {cfg.data.name}")
     return PreparedData(
         manifest=manifest,
         report=out_dir / "data_report.json",
@@ -417,7 +299,6 @@ def _run_union(cfg: DictConfig, ctx: StageContext, name: str) -> PreparedData:
     """``data.format: union``: each of ``data.parts`` prepared (and split) by its own rules,
     then one manifest of all their rows (``part`` names the part; paths relative to
     ``data.root`` where they can be), with the union's classes."""
-    from omegaconf import OmegaConf, open_dict
 
     root = Path(cfg.data.root)
     rows: list[dict[str, Any]] = []
@@ -460,7 +341,7 @@ def _run_union(cfg: DictConfig, ctx: StageContext, name: str) -> PreparedData:
         mlflow.log_metrics({f"{name}_samples_kept": report["samples_kept"], **{f"{name}_n_{s}": sum(c.values()) for s, c in counts.items()}})
         mlflow.log_artifacts(str(out_dir), artifact_path=name)
     log.info("prepare: union of %s: %s", list(cfg.data.parts.keys()), counts)
-    _require_every_class(classes, counts, rows, f"prepare {cfg.data.name}")
+    _warn_missing_classes(classes, counts, f"prepare {cfg.data.name}")
     return PreparedData(manifest=manifest, report=out_dir / "data_report.json", classes=tuple(classes), digest=data_digest,
                         counts=counts)
 
@@ -526,23 +407,13 @@ def _classes(data_cfg: DictConfig, rows) -> list[str]:
     return sorted({r["label"] for r in rows if r["label"]})
 
 
-def _require_every_class(classes: list[str], counts: dict[str, dict[str, int]], rows, where: str) -> None:
-    """Stop before training when a class has no training sample; warn when val or test lack one.
-
-    Called after the manifest and report are written, so the reasons are on disk."""
-    missing = [c for c in classes if counts["train"].get(c, 0) == 0]
-    if missing:
-        details = []
-        for label in missing:
-            reasons = Counter(r["reason"] for r in rows if r["label"] == label and r["status"] != "ok")
-            kept = sum(counts[s].get(label, 0) for s in counts)
-            details.append(f"{label!r}: {kept} kept in val/test, skipped {dict(reasons) or 'none listed'}")
-        raise ValueError(f"{where}: class(es) with no usable training sample: {'; '.join(details)}. Add usable files, "
-                         "or leave the class out of data.classes")
-    for split in ("val", "test"):
+def _warn_missing_classes(classes: list[str], counts: dict[str, dict[str, int]], where: str) -> None:
+    """A class absent from a split is legal data (an evaluation folder) but worth a line;
+    training refuses it (:func:`maskflow.data.require_training_samples`)."""
+    for split in ("train", "val", "test"):
         empty = [c for c in classes if counts[split].get(c, 0) == 0]
         if empty:
-            log.warning("%s: no %s sample of %s: its %s metrics leave that class out", where, split, empty, split)
+            log.warning("%s: no %s sample of %s", where, split, empty)
 
 
 def _write_manifest(path: Path, rows) -> None:
@@ -553,13 +424,6 @@ def _write_manifest(path: Path, rows) -> None:
         for row in rows:
             writer.writerow({k: row.get(k, "") for k in MANIFEST_FIELDS})
     os.replace(tmp, path)
-
-
-def read_manifest(path: Path, split: str | None = None) -> list[dict[str, str]]:
-    """Rows of a manifest that were kept (status ok), optionally for one split."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if r["status"] == "ok"]
-    return [r for r in rows if split is None or r["split"] == split]
 
 
 def _report(rows, result, classes, cfg, data_digest, cached: int, processed: int) -> dict[str, Any]:
@@ -666,19 +530,13 @@ def _log_mlflow(cfg: DictConfig, out_dir: Path, manifest: Path, report: dict[str
 def prepared_for(cfg: DictConfig, ctx: StageContext, name: str, tag: str) -> tuple[DictConfig, PreparedData]:
     """Another data config (``conf/data/<name>.yaml``), prepared once per pipeline (cached)
     under the output/MLflow prefix ``tag``; the run's own data when ``name`` is it."""
-    from omegaconf import OmegaConf, open_dict
-
-    from maskflow.config import CONF_DIR
 
     if name == cfg.data.name:
         return cfg.data, ctx.need("prepare")
     key = f"data:{name}"
     if key not in ctx.results:
-        config_file = CONF_DIR / "data" / f"{name}.yaml"
-        if not config_file.exists():
-            raise FileNotFoundError(f"a stage names the data config '{name}', but {config_file} does not exist")
         sub = cfg.copy()
         with open_dict(sub):
-            sub.data = OmegaConf.load(config_file)
+            sub.data = compose_option("data", name)  # its ${paths.*} resolve against this run's paths
         ctx.results[key] = (sub.data, run(sub, ctx, name=tag))
     return ctx.results[key]

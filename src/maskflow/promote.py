@@ -18,6 +18,7 @@ from dataclasses import replace
 
 from omegaconf import DictConfig
 
+from maskflow.config import PROJECT_ROOT
 from maskflow.contracts import Exported, StageContext
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,6 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import mlflow
     from mlflow.tracking import MlflowClient
-
-    from maskflow.config import PROJECT_ROOT
 
     mlflow.set_tracking_uri(args.tracking_uri or f"sqlite:///{PROJECT_ROOT}/mlflow.db")
     alias, reason = decide(MlflowClient(), args.name, args.version, args.metric, args.mode, args.tiebreak or None)

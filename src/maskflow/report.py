@@ -16,6 +16,8 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+from maskflow.config import PROJECT_ROOT
+
 log = logging.getLogger(__name__)
 
 COLUMNS = [  # (metric, header, format)
@@ -113,8 +115,6 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import mlflow
     from mlflow.tracking import MlflowClient
-
-    from maskflow.config import PROJECT_ROOT
 
     mlflow.set_tracking_uri(args.tracking_uri or f"sqlite:///{PROJECT_ROOT}/mlflow.db")
     client = MlflowClient()

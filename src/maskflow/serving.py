@@ -19,20 +19,26 @@ request with any undecodable, oversized or malformed row is refused as a whole w
 
 from __future__ import annotations
 
+import argparse
 import base64
 import binascii
 import json
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, Sequence
 
 import mlflow.pyfunc
 
+from maskflow.detect import MIN_IMAGE_SIDE, Classifier, build_detector
+from maskflow.imageio import DecodeError, Frame, decode_image
+from maskflow.tracking import pip_requirements
+
 # Request limits (per image): base64 text length and decoded pixel count.
 MAX_IMAGE_BYTES = 16 * 2**20
 MAX_PIXELS = 40_000_000
-# Used where a model's metadata has no detector settings (older versions).
-DEFAULT_DETECTOR = {"backend": "mtcnn", "max_side": 640, "min_face": 12, "min_confidence": 0.8, "margin": 0.2,
-                    "thresholds": [0.6, 0.7, 0.8], "box_calibration": None, "long_side": 512, "labels": "classifier"}
 
 
 def encode_images(paths: Sequence[str | Path], sources: bool = False) -> "pd.DataFrame":  # noqa: F821
@@ -89,14 +95,15 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
         meta = json.loads(Path(context.artifacts["meta"]).read_text())
         self.classes: list[str] = list(meta["classes"])
         self.input_size: int = int(meta["input_size"])
-        self.detector_settings: dict[str, float] = {**DEFAULT_DETECTOR, **meta.get("detector", {})}
+        # Missing keys (older versions) take DetectorSettings' defaults.
+        self.detector_settings: dict[str, Any] = dict(meta.get("detector") or {})
         self.max_pixels: int = int(meta.get("max_pixels", MAX_PIXELS))
         self.max_bytes: int = int(meta.get("max_image_bytes", MAX_IMAGE_BYTES))
         self.model = keras.models.load_model(context.artifacts["keras_model"], compile=False)
         face_path = context.artifacts.get("face_detector")
         self.face_model = None
         if face_path:
-            from maskflow import facedet  # noqa: F401 - registers the detector's layers
+            from maskflow.detection import centernet  # noqa: F401 - registers the detector's layers
 
             self.face_model = keras.models.load_model(face_path, compile=False)
         self.face_classes: list[str] = list(meta.get("face_classes") or [])
@@ -107,19 +114,15 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
     def detector(self, faces_only: bool = False):
         """The detect-then-classify loop of ``maskflow.detect``, built once per mode."""
         if faces_only not in self._detectors:
-            from maskflow.detect import Classifier, Detector, detector_kwargs
-
-            classifier = Classifier(self.model, self.classes, self.input_size, face_model=getattr(self, "face_model", None),
-                                    face_classes=getattr(self, "face_classes", ()), finder_dirs=getattr(self, "finder_dirs", ()))
-            self._detectors[faces_only] = Detector(classifier, faces_only=faces_only, **detector_kwargs(self.detector_settings))
+            classifier = Classifier(self.model, self.classes, self.input_size, self.detector_settings,
+                                    face_model=getattr(self, "face_model", None), face_classes=getattr(self, "face_classes", ()),
+                                    finder_dirs=getattr(self, "finder_dirs", ()))
+            self._detectors[faces_only] = build_detector(classifier.settings, classifier, faces_only)
         return self._detectors[faces_only]
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[dict]:
         import pandas as pd
         from mlflow.exceptions import MlflowException
-
-        from maskflow.detect import Frame
-        from maskflow.imageio import DecodeError, decode_image
 
         if isinstance(model_input, pd.DataFrame) and len(model_input) == 0:
             raise MlflowException.invalid_parameter_value("the request has no rows: send at least one image")
@@ -127,8 +130,6 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
             raise MlflowException.invalid_parameter_value("expected rows with an 'image' column of base64-encoded images")
         sources = list(model_input["source"]) if "source" in model_input.columns else [None] * len(model_input)
         images, errors = [], []
-        from maskflow.detect import MIN_IMAGE_SIDE
-
         for i, value in enumerate(model_input["image"]):
             try:
                 rgb = decode_image(_to_bytes(value, self.max_bytes), max_pixels=self.max_pixels).rgb
@@ -171,7 +172,6 @@ def log_pyfunc(keras_model: Path, meta: dict, meta_path: Path, example_images: S
                finder_files: Sequence[Path] = ()):
     """Log the pyfunc model (with signature, input example and this package's code) to
     the active MLflow run; returns MLflow's ModelInfo."""
-    from maskflow.tracking import pip_requirements
 
     meta_path.write_text(json.dumps(meta))
     package_dir = Path(__file__).parent
@@ -195,11 +195,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m maskflow.serving URL IMAGE [IMAGE ...] [--faces-only]``: send images to
     a running server, print one JSON line per image (HTTP errors to stderr, exit 1; a busy
     server's 503 is retried after its Retry-After)."""
-    import argparse
-    import sys
-    import time
-    import urllib.error
-    import urllib.request
 
     parser = argparse.ArgumentParser(prog="python -m maskflow.serving", description=main.__doc__.splitlines()[0])
     parser.add_argument("url", help="server root, e.g. http://127.0.0.1:5001")

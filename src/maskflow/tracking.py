@@ -8,8 +8,13 @@ points at a tracking server instead.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import socket
 import subprocess
+import threading
 from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
 from typing import Iterator
 
@@ -61,7 +66,6 @@ def git_commit(root: Path) -> str:
 
 def pip_requirements() -> list[str]:
     """Pinned requirements of the MLflow models this project logs (no slow inference)."""
-    from importlib.metadata import version
 
     packages = ("tensorflow", "keras", "numpy", "pandas", "pillow", "opencv-python-headless", "mlflow", "mtcnn", "omegaconf")
     return [f"{p}=={version(p)}" for p in packages]
@@ -89,9 +93,6 @@ def pipeline_run(cfg: DictConfig, root: Path, run_dir: Path) -> Iterator[str]:
     import mlflow
 
     experiment_id = configure(cfg)
-    import os
-    import signal
-    import socket
 
     tags = {"git_commit": git_commit(root), "run_dir": str(run_dir), "model": cfg.model.name, "data": cfg.data.name,
             # thread caps set by a launcher (conf/launcher/joblib.yaml), to compare timings fairly
@@ -121,7 +122,6 @@ def pipeline_run(cfg: DictConfig, root: Path, run_dir: Path) -> Iterator[str]:
 
 
 def _main_thread() -> bool:
-    import threading
 
     return threading.current_thread() is threading.main_thread()
 
@@ -134,7 +134,6 @@ def close_dead_runs(experiment_id: str) -> int:
     """Runs of this experiment left RUNNING by a process of this host that no longer
     exists (killed with SIGKILL, or the machine stopped) are marked KILLED, with a tag
     saying why; runs of live processes and of other hosts are left alone."""
-    import socket
 
     from mlflow.tracking import MlflowClient
 
@@ -150,7 +149,6 @@ def close_dead_runs(experiment_id: str) -> int:
 
 
 def _alive(pid: int) -> bool:
-    import os
 
     try:
         os.kill(pid, 0)

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from maskflow import backbones
 from maskflow.cache import atomic_write_json, digest, file_lock
 from maskflow.contracts import PreparedData, StageContext, TunedHead
+from maskflow.data import read_manifest, require_training_samples
 from maskflow.datasets import balanced_class_weights, image_dataset, split_arrays
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ EMBEDDING_VERSION = 1
 
 
 def embedding_key(cfg: DictConfig, prepared: PreparedData, weights: backbones.ResolvedWeights) -> str:
-    from maskflow.prepare import read_manifest
 
     crops = [(r["crop"], r["label"], r["split"]) for r in read_manifest(prepared.manifest)]
     model = OmegaConf.to_container(cfg.model, resolve=True)
@@ -188,6 +188,7 @@ def run(cfg: DictConfig, ctx: StageContext) -> TunedHead:
     import mlflow
 
     prepared: PreparedData = ctx.need("prepare")
+    require_training_samples(prepared.manifest, prepared.classes, prepared.counts)
     weights = backbones.resolve_weights(cfg.model, list(cfg.paths.weights_dirs))
     key = embedding_key(cfg, prepared, weights)
     emb_dir = ctx.cache_dir / "embeddings" / f"{cfg.model.name}-{key}"

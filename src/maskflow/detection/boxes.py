@@ -6,11 +6,36 @@ Boxes are ``(x, y, w, h)`` in pixels of the original image unless a name says co
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
+import cv2
 import numpy as np
 
 from maskflow.faces import Face
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two ``(x, y, w, h)`` boxes."""
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    ix = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+    iy = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    inter = ix * iy
+    union = aw * ah + bw * bh - inter
+    return inter / union if union > 0 else 0.0
+
+
+def letterbox(rgb: np.ndarray, long_side: int, multiple: int = 32) -> tuple[np.ndarray, float]:
+    """Resize so the long side is ``long_side``; pad right/bottom to a multiple of 32."""
+    h, w = rgb.shape[:2]
+    scale = long_side / max(h, w)
+    nw, nh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+    resized = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    ph, pw = -nh % multiple, -nw % multiple
+    if ph or pw:
+        resized = cv2.copyMakeBorder(resized, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=(114, 114, 114))
+    return resized, scale
 
 
 def fit_scale(height: int, width: int, long_side: int | None, max_pixels: int = 4096 * 4096) -> float:
@@ -133,6 +158,5 @@ def calibrated(face: Face, calibration: dict | None, width: int, height: int) ->
     """``face`` with its box calibrated (the same record when there is no calibration)."""
     if not calibration:
         return face
-    from dataclasses import replace
 
     return replace(face, box=calibrate_box(face.box, calibration, width, height))

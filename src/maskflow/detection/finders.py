@@ -13,9 +13,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from maskflow.detection.boxes import weighted_box_fusion
+from maskflow.detection import onnx_finders
+from maskflow.detection.boxes import calibrated, weighted_box_fusion
+from maskflow.detection.settings import DetectorSettings
 from maskflow.detection.weights import resolve
-from maskflow.faces import Face
+from maskflow.faces import Face, FaceDetector
 
 log = logging.getLogger(__name__)
 
@@ -25,19 +27,13 @@ FINDERS = ONNX_FINDERS + ("fusion", "mtcnn")
 _NOT_KWARGS = {"file", "sha256", "box_calibration", "licence", "members", "method", "iou", "weights"}
 
 
-class MtcnnFinder:
-    """MTCNN (:class:`maskflow.faces.FaceDetector`) as a :class:`Finder` (a fusion member)."""
-
-    name = "mtcnn"
-
-    def __init__(self, settings: Mapping[str, Any]) -> None:
-        from maskflow.faces import FaceDetector
-
-        self.detector = FaceDetector(min_face_size=float(settings.get("min_face", 9)), max_side=int(settings.get("max_side", 640)),
-                                     thresholds=tuple(settings.get("thresholds") or (0.5, 0.6, 0.5)))
-
-    def find(self, rgb: np.ndarray, still: bool = False) -> list[Face]:
-        return self.detector.detect(rgb)
+def mtcnn_finder(settings: Mapping[str, Any]) -> FaceDetector:
+    """MTCNN (:class:`maskflow.faces.FaceDetector`, itself a :class:`Finder`) from settings
+    (a fusion member's ``finders.mtcnn`` block; what it lacks, :class:`DetectorSettings` gives)."""
+    base = DetectorSettings()
+    return FaceDetector(min_face_size=float(settings.get("min_face", base.min_face)),
+                        max_side=int(settings.get("max_side", base.max_side)),
+                        thresholds=tuple(settings.get("thresholds") or base.thresholds))
 
 
 class FusionFinder:
@@ -55,15 +51,12 @@ class FusionFinder:
         self.calibrations = list(calibrations) or [None] * len(self.members)
 
     def find(self, rgb: np.ndarray, still: bool = False) -> list[Face]:
-        from maskflow.detection.boxes import calibrated
-
         h, w = rgb.shape[:2]
         groups = [[calibrated(f, c, w, h) for f in m.find(rgb, still)] for m, c in zip(self.members, self.calibrations)]
         return weighted_box_fusion(groups, self.iou, self.weights, self.method)
 
 
 def _onnx_finder(name: str, settings: Mapping[str, Any], folders: Sequence[str | Path]):
-    from maskflow.detection import onnx_finders
 
     classes = {"yunet": onnx_finders.YuNetFinder, "ultraface": onnx_finders.UltraFaceFinder, "scrfd": onnx_finders.ScrfdFinder}
     if name == "scrfd":
@@ -79,7 +72,7 @@ def build_finder(name: str, finders: Mapping[str, Mapping[str, Any]], folders: S
         raise ValueError(f"unknown face finder {name!r}; choose from {list(FINDERS)} (or facedet, the trained CenterNet)")
     settings = dict(finders.get(name) or {})
     if name == "mtcnn":
-        return MtcnnFinder(settings)
+        return mtcnn_finder(settings)
     if name == "fusion":
         members = list(settings.get("members") or [])
         if not members or any(m == "fusion" for m in members):
