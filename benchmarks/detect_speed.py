@@ -109,7 +109,7 @@ def detector_for_stills(classifier, settings, compiled: bool):
     if not compiled and settings.backend == "mtcnn":  # MTCNN layer by layer (eager), for comparison
         finder = FaceDetector(min_face_size=settings.min_face, max_side=settings.max_side,
                               thresholds=settings.thresholds, compiled=False)
-        return Detector(classifier, finder, settings, box_calibration=settings.box_calibration)
+        return Detector(classifier.classifier, finder, settings, box_calibration=settings.box_calibration)
     return build_detector(settings, classifier)
 
 
@@ -123,13 +123,13 @@ def main() -> None:
 
     from dataclasses import replace
 
-    from maskflow.detect import Classifier
+    from maskflow.detect import MaskModel
     from maskflow.detection.settings import DetectorSettings
     from maskflow.evaluate_scenes import run_scenes, score_scenes
     from maskflow.imageio import read_image
 
     t = time.perf_counter()
-    classifier = Classifier.from_uri(args.model)
+    classifier = MaskModel.from_uri(args.model)
     if args.face_model:
         classifier.face_model = args.face_model
     load_s = time.perf_counter() - t

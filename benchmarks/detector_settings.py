@@ -31,10 +31,10 @@ def main() -> None:
 
     from detect_speed import held_out_items
 
-    from maskflow.detect import Classifier, build_detector
+    from maskflow.detect import MaskModel, build_detector
     from maskflow.evaluate_scenes import fit_box_calibration, run_scenes
 
-    classifier = Classifier.from_uri(args.model)
+    classifier = MaskModel.from_uri(args.model)
     test, train = held_out_items("test"), held_out_items("train")
     stored = replace(classifier.settings, backend="mtcnn", labels="classifier", runner_up=None)  # the MTCNN study
     base = {"max_side": 640, "min_face": 12.0, "thresholds": [0.6, 0.7, 0.8], "min_confidence": 0.8}

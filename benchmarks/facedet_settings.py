@@ -52,11 +52,11 @@ def main() -> None:
 
     from detect_speed import held_out_items
 
-    from maskflow.detect import Classifier, build_detector
+    from maskflow.detect import MaskModel, build_detector
     from maskflow.evaluate_scenes import headroom, run_scenes
     from maskflow.imageio import Frame, read_image
 
-    classifier = Classifier.from_uri(args.model)
+    classifier = MaskModel.from_uri(args.model)
     if args.face_model:
         classifier.face_model = args.face_model
     if classifier.face_model is None:

@@ -77,7 +77,7 @@ def main() -> None:
 
     from dataclasses import replace
 
-    from maskflow.detect import Classifier, build_detector
+    from maskflow.detect import Classifier, MaskModel, build_detector
     from maskflow.detection.settings import DetectorSettings
     from maskflow.evaluate_scenes import run_scenes
 
@@ -91,18 +91,19 @@ def main() -> None:
         register_configs()
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="config")
-        classifier = Classifier(load_model(args.keras), args.classes, args.input_size,
-                                OmegaConf.to_container(cfg.detect, resolve=True), finder_dirs=[cfg.paths.face_weights_dir])
+        classifier = MaskModel(Classifier(load_model(args.keras), args.classes, args.input_size),
+                               DetectorSettings.from_stored(OmegaConf.to_container(cfg.detect, resolve=True)),
+                               finder_dirs=[cfg.paths.face_weights_dir])
         args.model = str(args.keras)
     else:
-        classifier = Classifier.from_uri(args.model)
+        classifier = MaskModel.from_uri(args.model)
         # The model carries its own finder's file; the others come from ../shared.
         classifier.finder_dirs.append(str(Path(__file__).resolve().parents[2] / "shared" / "weights" / "faces"))
     stored = classifier.settings
     items = {split: held_out_items(split) for split in args.splits}
     rows = closeup_rows(args.closeups) if args.closeups else []
     video = scene_video(held_out_items("test"), (640, 480), args.frames)[0] if args.frames else []
-    print(f"model {args.model} ({classifier.classes}); {os.cpu_count()} cores; "
+    print(f"model {args.model} ({classifier.classifier.classes}); {os.cpu_count()} cores; "
           + ", ".join(f"{s}: {len(v)} scenes" for s, v in items.items()) + f"; {len(rows)} close-ups", flush=True)
     out = open(args.out, "a", encoding="utf-8") if args.out else None
     for finder in args.finders:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from maskflow.detect import Classifier, Frame, build_detector, pipelined
+from maskflow.detect import Classifier, Frame, MaskModel, build_detector, pipelined
 from maskflow.detection.settings import DetectorSettings
 from maskflow.imageio import read_image
 
@@ -27,7 +27,7 @@ def test_pipelined_gives_the_sequential_records_in_order(tmp_path):
     frames = _frames()
 
     def detector():
-        return build_detector(DetectorSettings(), Classifier(model, ["with_mask", "without_mask"], 32), detect_every=2)
+        return build_detector(DetectorSettings(), MaskModel(Classifier(model, ["with_mask", "without_mask"], 32)), detect_every=2)
 
     one_by_one = detector()
     sequential = [(f.source, f.index, one_by_one(f)) for f in frames]
@@ -61,19 +61,15 @@ def test_annotate_draws_only_faces_above_the_display_threshold():
 def test_stills_settings_come_from_the_model_and_the_command_line_overrides_them(tmp_path):
     import argparse
 
-    import keras
-
     from maskflow.detect import add_detector_args, detector_settings
 
-    model = keras.models.load_model(tiny_keras_model(tmp_path / "m.keras"))
     parser = argparse.ArgumentParser()
     add_detector_args(parser)
-    stored = {"backend": "facedet", "stills": {"zoom_side": 640, "zoom_face": 24, "flip": True}}
-    with_stills = Classifier(model, ["with_mask", "without_mask"], 32, settings=stored)
-    chosen = detector_settings(parser.parse_args([]), with_stills.settings).stills
+    stored = DetectorSettings.from_stored({"backend": "facedet", "stills": {"zoom_side": 640, "zoom_face": 24, "flip": True}})
+    chosen = detector_settings(parser.parse_args([]), stored).stills
     assert (chosen.zoom_side, chosen.zoom_face, chosen.flip) == (640, 24.0, True)
-    off = detector_settings(parser.parse_args(["--zoom-side", "0", "--no-stills-flip"]), with_stills.settings).stills
+    off = detector_settings(parser.parse_args(["--zoom-side", "0", "--no-stills-flip"]), stored).stills
     assert (off.zoom_side, off.zoom_face, off.flip) == (None, 24.0, False)
     # A version registered before stills settings existed keeps its single pass.
-    older = Classifier(model, ["with_mask", "without_mask"], 32, settings={"backend": "facedet"})
-    assert (detector_settings(parser.parse_args([]), older.settings).stills.zoom_side, older.settings.stills.flip) == (None, False)
+    older = DetectorSettings.from_stored({"backend": "facedet"})
+    assert (detector_settings(parser.parse_args([]), older).stills.zoom_side, older.stills.flip) == (None, False)

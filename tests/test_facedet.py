@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from maskflow import facedet
-from maskflow.detect import Classifier, build_detector
+from maskflow.detect import Classifier, MaskModel, build_detector
 from maskflow.detection import centernet
 from maskflow.detection.settings import DetectorSettings, StillsSettings
 from maskflow.faces import Face
@@ -110,8 +110,9 @@ def test_small_real_model_learns_and_runs_inside_the_detector():
     history = model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(4).repeat(), epochs=6, steps_per_epoch=4, verbose=0)
     assert history.history["loss"][-1] < 0.7 * history.history["loss"][0]
 
-    classifier = Classifier(keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)]),
-                            ["a", "b"], 32, face_model=model, face_classes=["red", "grey"])
+    classifier = MaskModel(Classifier(keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(),
+                                                        keras.layers.Dense(2)]), ["a", "b"], 32),
+                           face_model=model, face_classes=["red", "grey"])
     detector = build_detector(DetectorSettings(backend="facedet", long_side=128, labels="detector", min_confidence=0.0), classifier)
     assert detector.classes == ["red", "grey"]
     records = detector(Frame("scene.png", 0, items[0][0], False))
@@ -155,7 +156,8 @@ def test_fused_probabilities_average_over_the_union_of_classes():
 def test_facedet_backend_without_a_trained_detector_says_so():
     import keras
 
-    classifier = Classifier(keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(2)]), ["a", "b"], 8)
+    classifier = MaskModel(Classifier(keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(2)]),
+                                      ["a", "b"], 8))
     with pytest.raises(ValueError, match="no trained face detector"):
         build_detector(DetectorSettings(backend="facedet"), classifier)
 

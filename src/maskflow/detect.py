@@ -28,8 +28,9 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 STARTED = time.perf_counter()  # the summary's wall clock covers the whole command
@@ -37,6 +38,7 @@ STARTED = time.perf_counter()  # the summary's wall clock covers the whole comma
 import cv2
 import numpy as np
 import tensorflow as tf
+from tqdm import tqdm
 
 from maskflow.cache import digest
 from maskflow.config import PROJECT_ROOT
@@ -56,31 +58,12 @@ COLOURS = {"with_mask": (40, 200, 40), "without_mask": (40, 40, 230), "mask_wear
 
 
 class Classifier:
-    """Face crops (already at ``input_size``) -> class probabilities, one batch per frame.
-    ``settings``: the detector settings stored with a registered model (or the defaults);
-    ``face_model``: the trained CenterNet registered with it, if any; ``finder_dirs``:
-    folders holding the pretrained finders' files (a registered model's own copies)."""
+    """Face crops (already at ``input_size``) -> class probabilities, one batch per frame."""
 
-    def __init__(self, keras_model, classes: Sequence[str], input_size: int, settings: Mapping | None = None,
-                 face_model=None, face_classes: Sequence[str] = (), finder_dirs: Sequence[str] = ()) -> None:
+    def __init__(self, keras_model, classes: Sequence[str], input_size: int) -> None:
         self.classes = list(classes)
         self.input_size = int(input_size)
-        self.settings = DetectorSettings.from_stored(settings)
-        self.face_model = face_model
-        self.face_classes = list(face_classes)
-        self.finder_dirs = [str(d) for d in finder_dirs]
         self._call = tf.function(lambda x: keras_model(x, training=False), reduce_retracing=True)
-
-    @classmethod
-    def from_uri(cls, uri: str, tracking_uri: str | None = None) -> "Classifier":
-        """From an MLflow model URI (``models:/maskflow@champion``) or local model folder."""
-        import mlflow
-
-        if tracking_uri or not os.environ.get("MLFLOW_TRACKING_URI"):
-            mlflow.set_tracking_uri(tracking_uri or f"sqlite:///{PROJECT_ROOT}/mlflow.db")
-        model = mlflow.pyfunc.load_model(uri).unwrap_python_model()
-        return cls(model.model, model.classes, model.input_size, getattr(model, "detector_settings", None),
-                   getattr(model, "face_model", None), getattr(model, "face_classes", ()), getattr(model, "finder_dirs", ()))
 
     def __call__(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         if not crops:
@@ -178,34 +161,57 @@ def annotate(rgb: np.ndarray, faces: list[dict], min_score: float = 0.0) -> np.n
     return bgr
 
 
-def build_detector(settings: DetectorSettings, classifier: Classifier, faces_only: bool = False, detect_every: int = 1,
+@dataclass
+class MaskModel:
+    """What a registered maskflow model carries: the crop classifier, the detector settings
+    it was evaluated with, the trained CenterNet (``experiment=centernet``) and the folders
+    holding the pretrained finders' files (its own copies first)."""
+
+    classifier: Classifier
+    settings: DetectorSettings = field(default_factory=DetectorSettings)
+    face_model: Any = None
+    face_classes: list[str] = field(default_factory=list)
+    finder_dirs: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_uri(cls, uri: str, tracking_uri: str | None = None) -> "MaskModel":
+        """From an MLflow model URI (``models:/maskflow@champion``) or local model folder."""
+        import mlflow
+
+        if tracking_uri or not os.environ.get("MLFLOW_TRACKING_URI"):
+            mlflow.set_tracking_uri(tracking_uri or f"sqlite:///{PROJECT_ROOT}/mlflow.db")
+        return mlflow.pyfunc.load_model(uri).unwrap_python_model().mask_model()
+
+
+def build_detector(settings: DetectorSettings, model: MaskModel, faces_only: bool = False, detect_every: int = 1,
                    finder_dirs: Sequence[str] = ()) -> "Detector":
     """The one place that chooses a finder for ``settings.backend``: the trained CenterNet
-    registered with the model (``facedet``), MTCNN, or a pretrained finder or fusion
-    (:func:`maskflow.detection.finders.build_finder`), paired with the classifier."""
+    the model carries (``facedet``), MTCNN, or a pretrained finder or fusion
+    (:func:`maskflow.detection.finders.build_finder`, files from ``finder_dirs``, else the
+    model's own), paired with the model's classifier."""
     labels = settings.labels if settings.backend == "facedet" and not faces_only else "classifier"
     calibration = settings.box_calibration
     if faces_only:
         finder = None
     elif settings.backend == "facedet":
-        if classifier.face_model is None:
+        if model.face_model is None:
             raise ValueError("detect.backend=facedet, but this model carries no trained face detector "
                              "(register one with the pipeline's facedet stage, or use --backend yunet)")
         if settings.peaks not in ("class", "face"):
             raise ValueError(f"unknown peaks {settings.peaks!r} (class | face)")
         # Per-class peaks name their class, so they only make sense with the detector's labels.
-        finder = CenterNetFinder.from_settings(classifier.face_model, classifier.face_classes, settings,
+        finder = CenterNetFinder.from_settings(model.face_model, model.face_classes, settings,
                                                per_class=settings.peaks == "class" and labels == "detector")
         calibration = None  # trained boxes already follow the annotations
     elif settings.backend == "mtcnn":
         finder = mtcnn_finder({"min_face": settings.min_face, "max_side": settings.max_side, "thresholds": settings.thresholds})
     elif settings.backend in FINDERS:
-        finder = build_finder(settings.backend, settings.finders, list(finder_dirs) or classifier.finder_dirs)
+        finder = build_finder(settings.backend, settings.finders, list(finder_dirs) or model.finder_dirs)
         calibration = (settings.finders.get(settings.backend) or {}).get("box_calibration")
     else:
         raise ValueError(f"unknown detector backend {settings.backend!r} (facedet | {' | '.join(FINDERS)})")
-    return Detector(classifier, finder, settings, labels=labels, box_calibration=calibration, faces_only=faces_only,
-                    detect_every=detect_every)
+    return Detector(model.classifier, finder, settings, labels=labels, box_calibration=calibration, faces_only=faces_only,
+                    detect_every=detect_every, face_classes=model.face_classes)
 
 
 class Detector:
@@ -217,8 +223,10 @@ class Detector:
     class one model lacks has probability 0 there). Build one with :func:`build_detector`."""
 
     def __init__(self, classifier: Classifier, finder, settings: DetectorSettings, labels: str = "classifier",
-                 box_calibration: Mapping | None = None, faces_only: bool = False, detect_every: int = 1) -> None:
+                 box_calibration: Mapping | None = None, faces_only: bool = False, detect_every: int = 1,
+                 face_classes: Sequence[str] = ()) -> None:
         self.classifier = classifier
+        self.face_classes = list(face_classes)  # the trained detector's classes (labels detector | fuse)
         self.finder = finder
         self.settings = settings
         self.labels = labels
@@ -235,9 +243,9 @@ class Detector:
     def classes(self) -> list[str]:
         """The labels this detector can output."""
         if self.labels == "detector":
-            return self.classifier.face_classes
+            return self.face_classes
         if self.labels == "fuse":
-            return self.classifier.face_classes + [c for c in self.classifier.classes if c not in self.classifier.face_classes]
+            return self.face_classes + [c for c in self.classifier.classes if c not in self.face_classes]
         return self.classifier.classes
 
     def __call__(self, frame: Frame) -> list[dict]:
@@ -273,7 +281,7 @@ class Detector:
                 crops = [crop_face(frame.rgb, f.box, self.margin, size) for f in faces]
             probs = self.classifier(crops)  # every face of the frame in one batch
         if self.labels == "fuse":
-            probs = np.array([_fuse(f.probs, self.classifier.face_classes, p, self.classifier.classes, classes)
+            probs = np.array([_fuse(f.probs, self.face_classes, p, self.classifier.classes, classes)
                               for f, p in zip(faces, probs)]).reshape(len(faces), len(classes))
         out = []
         for face, p in zip(faces, probs):
@@ -332,8 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     add_detector_args(parser)
     args = parser.parse_args(argv)
 
-    classifier = Classifier.from_uri(args.model, args.tracking_uri)
-    detector = build_detector(detector_settings(args, classifier.settings), classifier, args.faces_only, args.detect_every,
+    model = MaskModel.from_uri(args.model, args.tracking_uri)
+    detector = build_detector(detector_settings(args, model.settings), model, args.faces_only, args.detect_every,
                               args.finder_dir)
     show = args.show and (os.environ.get("DISPLAY") or sys.platform in ("win32", "darwin"))
     if args.show and not show:
@@ -350,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         frames_in = iter_sources(args.sources, errors)
         labelled = pipelined(detector, frames_in) if args.pipeline else ((f, detector(f)) for f in frames_in)
-        for frame, faces in labelled:
+        # Progress on a terminal only: the JSON lines and the summary stay clean in pipes.
+        for frame, faces in tqdm(labelled, desc="detect", unit="frame", disable=None, leave=False):
             frames += 1
             faces_total += len(faces)
             if jsonl:

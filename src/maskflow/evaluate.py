@@ -16,13 +16,15 @@ from typing import Sequence
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 from maskflow import prepare
 from maskflow.cache import atomic_write_json, digest, read_json, sha256_file, stage_cache
 from maskflow.contracts import Evaluation, PreparedData, StageContext, TrainedModel
 from maskflow.data import read_manifest
 from maskflow.datasets import image_dataset, split_arrays
-from maskflow.detect import Classifier, build_detector
+from maskflow.detect import Classifier, MaskModel, build_detector
+from maskflow.detection.settings import DetectorSettings
 from maskflow.evaluate_scenes import run_scenes, voc_items
 from maskflow.imageio import DecodeError, Frame, read_image
 
@@ -302,9 +304,9 @@ def _scenes(cfg: DictConfig, ctx: StageContext, model, size: int, classes: list[
     # conf/detect, as registered with the model: what is evaluated is what gets served.
     facedet = ctx.results.get("facedet")
     face_model = facedet.model_path if facedet is not None else None
-    classifier = Classifier(model, classes, size, OmegaConf.to_container(cfg.detect, resolve=True), face_model=face_model,
-                            face_classes=facedet.classes if face_model else (), finder_dirs=[str(cfg.paths.face_weights_dir)])
-    detector = build_detector(classifier.settings, classifier)
+    mask_model = MaskModel(Classifier(model, classes, size), DetectorSettings.from_stored(OmegaConf.to_container(cfg.detect, resolve=True)),
+                           face_model, list(facedet.classes) if face_model else [], [str(cfg.paths.face_weights_dir)])
+    detector = build_detector(mask_model.settings, mask_model)
     scored = run_scenes(detector, items, out / "scenes_predictions.jsonl", resamples=int(sc.get("bootstrap", 0)))
     atomic_write_json(out / "scenes_metrics.json", scored)
     log.info("evaluate: scenes (%d %s images of %s): %s", len(items), sc.split, sc.data,
@@ -326,7 +328,7 @@ def _detector_on_test_images(cfg: DictConfig, ctx: StageContext, detector, limit
     rows = [r for r in read_manifest(prepared.manifest, "test") if r["face"] in ("mtcnn", "whole_image")]
     rows = rows[:limit]
     found = correct = skipped = 0
-    for r in rows:
+    for r in tqdm(rows, desc="close-ups", unit="image", disable=None, leave=False):
         try:
             rgb = read_image(Path(str(cfg.data.root)) / r["path"]).rgb
         except DecodeError:

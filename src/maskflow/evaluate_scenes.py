@@ -29,11 +29,12 @@ from typing import Sequence
 
 import numpy as np
 from hydra import compose, initialize_config_dir
+from tqdm import tqdm
 
 from maskflow.config import CONF_DIR, register_configs
 from maskflow.contracts import StageContext
 from maskflow.data import read_manifest, voc_items
-from maskflow.detect import Classifier, add_detector_args, build_detector, detector_settings
+from maskflow.detect import MaskModel, add_detector_args, build_detector, detector_settings
 from maskflow.detection.boxes import iou
 from maskflow.imageio import DecodeError, Frame, read_image
 from maskflow.prepare import run as prepare_run
@@ -216,7 +217,7 @@ def run_scenes(detector, items: Sequence[tuple[Path, list[tuple[str, tuple]]]], 
     results, skipped, started = [], 0, time.perf_counter()
     out = open(jsonl, "w", encoding="utf-8") if jsonl else None
     try:
-        for path, truths in items:
+        for path, truths in tqdm(items, desc="scenes", unit="image", disable=None, leave=False):
             try:
                 rgb = read_image(path).rgb
             except DecodeError:
@@ -307,8 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         names = {Path(r["path"]).name for r in read_manifest(args.manifest, args.split)}
     elif args.split != "all":
         names = split_names(args.folder, args.split, args.data)
-    classifier = Classifier.from_uri(args.model, args.tracking_uri)
-    detector = build_detector(detector_settings(args, classifier.settings), classifier, finder_dirs=args.finder_dir)
+    model = MaskModel.from_uri(args.model, args.tracking_uri)
+    detector = build_detector(detector_settings(args, model.settings), model, finder_dirs=args.finder_dir)
     if args.fit_boxes:
         fitted = fit_box_calibration(detector.finder, voc_items(args.folder, names, args.limit))
         print(f"# {fitted.pop('pairs')} matched faces of {args.folder} ({args.split} split)")

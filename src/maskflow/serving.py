@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import mlflow.pyfunc
 
-from maskflow.detect import MIN_IMAGE_SIDE, Classifier, build_detector
+from maskflow.detect import MIN_IMAGE_SIDE, Classifier
 from maskflow.imageio import DecodeError, Frame, decode_image
 from maskflow.tracking import pip_requirements
 
@@ -111,13 +111,24 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
         self.finder_dirs = sorted({str(Path(p).parent) for k, p in context.artifacts.items() if k.startswith("finder_")})
         self._detectors: dict[bool, Any] = {}
 
+    def mask_model(self):
+        """The classifier, its detector settings and the detectors' files (:class:`maskflow.detect.MaskModel`)."""
+        from maskflow.detect import MaskModel
+        from maskflow.detection.settings import DetectorSettings
+
+        # Versions pickled before an attribute existed load without it: getattr gives its default.
+        return MaskModel(Classifier(self.model, self.classes, self.input_size),
+                         DetectorSettings.from_stored(getattr(self, "detector_settings", None)),
+                         getattr(self, "face_model", None), list(getattr(self, "face_classes", ())),
+                         list(getattr(self, "finder_dirs", ())))
+
     def detector(self, faces_only: bool = False):
         """The detect-then-classify loop of ``maskflow.detect``, built once per mode."""
         if faces_only not in self._detectors:
-            classifier = Classifier(self.model, self.classes, self.input_size, self.detector_settings,
-                                    face_model=getattr(self, "face_model", None), face_classes=getattr(self, "face_classes", ()),
-                                    finder_dirs=getattr(self, "finder_dirs", ()))
-            self._detectors[faces_only] = build_detector(classifier.settings, classifier, faces_only)
+            from maskflow.detect import build_detector
+
+            model = self.mask_model()
+            self._detectors[faces_only] = build_detector(model.settings, model, faces_only)
         return self._detectors[faces_only]
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[dict]:

@@ -20,6 +20,7 @@ import keras
 import keras_tuner as kt
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 from maskflow import backbones
 from maskflow.cache import atomic_write_json, digest, file_lock
@@ -47,6 +48,17 @@ def embedding_key(cfg: DictConfig, prepared: PreparedData, weights: backbones.Re
     })
 
 
+class _BatchProgress(keras.callbacks.Callback):
+    """Advances a tqdm bar per predicted batch (quiet when stderr is not a terminal)."""
+
+    def __init__(self, bar) -> None:
+        super().__init__()
+        self.bar = bar
+
+    def on_predict_batch_end(self, batch, logs=None) -> None:
+        self.bar.update(1)
+
+
 def compute_embeddings(cfg: DictConfig, prepared: PreparedData, weights: backbones.ResolvedWeights, out_dir: Path) -> Path:
     """``train.npz``/``val.npz``/``test.npz`` with x (n, d) and y (n,); each split written
     atomically, so an interrupted computation resumes at the missing split."""
@@ -63,12 +75,14 @@ def compute_embeddings(cfg: DictConfig, prepared: PreparedData, weights: backbon
         views = int(cfg.tune.views) if split == "train" else 1
         xs, ys = [], []
         started = time.perf_counter()
-        for view in range(views):
-            ds = image_dataset(paths, size, batch_size=64)
-            if view > 0:
-                ds = ds.map(lambda x: augment(x, training=True))
-            xs.append(extractor.predict(ds, verbose=0) if len(paths) else np.zeros((0, extractor.output_shape[-1]), "float32"))
-            ys.append(labels)
+        with tqdm(total=views * -(-len(paths) // 64), desc=f"embed {split}", unit="batch", disable=None) as bar:
+            for view in range(views):
+                ds = image_dataset(paths, size, batch_size=64)
+                if view > 0:
+                    ds = ds.map(lambda x: augment(x, training=True))
+                xs.append(extractor.predict(ds, verbose=0, callbacks=[_BatchProgress(bar)]) if len(paths)
+                          else np.zeros((0, extractor.output_shape[-1]), "float32"))
+                ys.append(labels)
         x, y = np.concatenate(xs).astype(np.float32), np.concatenate(ys)
         out_dir.mkdir(parents=True, exist_ok=True)
         tmp = out_dir / f".{split}.{os.getpid()}.tmp.npz"
