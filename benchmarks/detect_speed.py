@@ -104,7 +104,7 @@ def cli_on_video(frames: list[np.ndarray], model: str, extra: list[str]) -> tupl
 
 def detector_for_stills(classifier, settings, compiled: bool):
     from maskflow.detect import Detector, build_detector
-    from maskflow.faces import FaceDetector
+    from maskflow.detection.mtcnn import FaceDetector
 
     if not compiled and settings.backend == "mtcnn":  # MTCNN layer by layer (eager), for comparison
         finder = FaceDetector(min_face_size=settings.min_face, max_side=settings.max_side,

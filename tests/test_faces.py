@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from maskflow.detection.boxes import calibrate_box
+from maskflow.detection.mtcnn import PNET_WINDOW, FaceDetector, _scale_pyramid
 from maskflow.evaluate_scenes import fit_box_calibration, iou, voc_items
-from maskflow.faces import PNET_WINDOW, FaceDetector, _scale_pyramid
 from maskflow.imageio import read_image
 
 from .conftest import FACES, SCENES, needs_shared

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import keras
 import numpy as np
+import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
 from maskflow.cache import sha256_file
@@ -175,7 +176,6 @@ class RandomDownscale(keras.layers.Layer):
     def call(self, images, training=None):
         if not training:
             return images
-        import tensorflow as tf
 
         size = tf.shape(images)[1:3]
         side = keras.random.uniform((), float(self.min_side), tf.cast(size[0], "float32"), seed=self._generator)

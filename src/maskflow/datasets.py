@@ -9,6 +9,9 @@ import numpy as np
 
 from maskflow.data import read_manifest
 
+# TensorFlow is imported inside the functions that use it: importing this
+# module (a CLI's --help, a spawned worker, another stage) stays fast without it.
+
 
 def split_arrays(manifest: Path, split: str, classes: Sequence[str]) -> tuple[list[str], np.ndarray]:
     """Crop paths and integer labels of one split (labels outside ``classes`` dropped)."""

@@ -49,6 +49,9 @@ from maskflow.detection.settings import DetectorSettings
 from maskflow.faces import Face, crop_face, resize_square
 from maskflow.imageio import DecodeError, Frame, read_image
 
+# MLflow is imported inside the functions that use it: importing this
+# module (a CLI's --help, a spawned worker, another stage) stays fast without it.
+
 log = logging.getLogger("maskflow.detect")
 
 MIN_IMAGE_SIDE = 16  # as prepare's data.min_image_side: smaller images get no labels ("tiny_image")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 
+# TensorFlow is imported inside the functions that use it: importing this
+# module (a CLI's --help, a spawned worker, another stage) stays fast without it.
+
 log = logging.getLogger(__name__)
 
 

@@ -28,6 +28,9 @@ from maskflow.detection.settings import DetectorSettings
 from maskflow.evaluate_scenes import run_scenes, voc_items
 from maskflow.imageio import DecodeError, Frame, read_image
 
+# MLflow, Pillow, matplotlib, scikit-learn are imported inside the functions that use them: importing this
+# module (a CLI's --help, a spawned worker, another stage) stays fast without them.
+
 log = logging.getLogger(__name__)
 
 

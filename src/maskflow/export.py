@@ -29,6 +29,9 @@ from maskflow.detection.weights import resolve
 from maskflow.evaluate import load_model
 from maskflow.faces import resize_square
 
+# MLflow, Pillow are imported inside the functions that use them: importing this
+# module (a CLI's --help, a spawned worker, another stage) stays fast without them.
+
 log = logging.getLogger(__name__)
 
 

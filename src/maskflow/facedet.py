@@ -24,6 +24,8 @@ from typing import Iterator, Sequence
 import cv2
 import keras
 import numpy as np
+import tensorflow as tf
+from keras import layers
 from omegaconf import OmegaConf
 
 from maskflow import (
@@ -40,6 +42,9 @@ from maskflow.detection.settings import DetectorSettings
 from maskflow.evaluate_scenes import score_scenes, voc_items
 from maskflow.imageio import DecodeError, read_image
 
+# MLflow is imported inside the functions that use it: importing this
+# module (a CLI's --help, a spawned worker, another stage) stays fast without it.
+
 FEATURES = {  # MobileNetV2 layers at strides 4, 8, 16, 32
     "MobileNetV2": ("block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu", "out_relu"),
 }
@@ -48,7 +53,6 @@ FEATURES = {  # MobileNetV2 layers at strides 4, 8, 16, 32
 def build_model(num_classes: int, backbone, feature_layers: Sequence[str], width: int = 64):
     """Image (uint8-range RGB, any size divisible by 32) -> (H/4, W/4, classes + 4):
     class heatmap logits, log box size (in stride units), centre offset."""
-    from keras import layers
 
     inputs = keras.Input((None, None, 3), name="image")
     x = backbones.Preprocess("tf")(inputs)
@@ -295,7 +299,6 @@ def _closeups(extra, classes: Sequence[str], calibration: dict | None, max_side:
 
 def _train(cfg, data_cfg, prepared, model_cfg, weights, classes, work, model_path, extra=()) -> dict:
 
-    import tensorflow as tf
 
     log = logging.getLogger(__name__)
     fd = cfg.facedet

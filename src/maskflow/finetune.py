@@ -32,6 +32,9 @@ from maskflow.distribute import strategy_for
 from maskflow.tracking import pip_requirements
 from maskflow.tune import load_embeddings
 
+# MLflow is imported inside the functions that use it: importing this
+# module (a CLI's --help, a spawned worker, another stage) stays fast without it.
+
 log = logging.getLogger(__name__)
 
 

@@ -28,6 +28,9 @@ from maskflow.contracts import StageContext, to_jsonable
 from maskflow.detection.finders import file_sha256, finder_files
 from maskflow.detection.weights import resolve
 
+# MLflow is imported inside the functions that use it: importing this
+# module (a CLI's --help, a spawned worker, another stage) stays fast without it.
+
 log = logging.getLogger("maskflow")
 
 STAGES = ("prepare", "tune", "finetune", "facedet", "evaluate", "export", "promote")

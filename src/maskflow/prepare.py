@@ -31,8 +31,12 @@ from maskflow.contracts import PreparedData, StageContext
 from maskflow.data import MANIFEST_FIELDS, list_items
 from maskflow.detection.boxes import corners_of, iou_matrix
 from maskflow.detection.finders import build_finder
-from maskflow.faces import FaceDetector, crop_face, largest_face, resize_square
+from maskflow.detection.mtcnn import FaceDetector
+from maskflow.faces import crop_face, largest_face, resize_square
 from maskflow.imageio import DecodeError, read_image
+
+# ImageHash, MLflow, Pillow, TensorFlow, matplotlib, pandas are imported inside the functions that use them: importing this
+# module (a CLI's --help, a spawned worker, another stage) stays fast without them.
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,9 @@ from omegaconf import DictConfig
 from maskflow.config import PROJECT_ROOT
 from maskflow.contracts import Exported, StageContext
 
+# MLflow is imported inside the functions that use it: importing this
+# module (a CLI's --help, a spawned worker, another stage) stays fast without it.
+
 log = logging.getLogger(__name__)
 
 

@@ -18,6 +18,9 @@ from typing import Any, Sequence
 
 from maskflow.config import PROJECT_ROOT
 
+# MLflow, matplotlib are imported inside the functions that use them: importing this
+# module (a CLI's --help, a spawned worker, another stage) stays fast without them.
+
 log = logging.getLogger(__name__)
 
 COLUMNS = [  # (metric, header, format)

@@ -39,6 +39,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import scoring_server
 from starlette.requests import ClientDisconnect
 
+# uvicorn is imported inside the functions that use it: importing this
+# module (a CLI's --help, a spawned worker, another stage) stays fast without it.
+
 log = logging.getLogger("maskflow.rest")
 
 # Bodies this short are parsed once more to give an empty request its own message; an

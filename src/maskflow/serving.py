@@ -36,6 +36,9 @@ from maskflow.detect import MIN_IMAGE_SIDE, Classifier
 from maskflow.imageio import DecodeError, Frame, decode_image
 from maskflow.tracking import pip_requirements
 
+# Keras, MLflow, pandas are imported inside the functions that use them: importing this
+# module (a CLI's --help, a spawned worker, another stage) stays fast without them.
+
 # Request limits (per image): base64 text length and decoded pixel count.
 MAX_IMAGE_BYTES = 16 * 2**20
 MAX_PIXELS = 40_000_000
@@ -161,8 +164,9 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
         return out
 
 
-# Versions registered before PYFUNC_API 2 pickled this name; they load as the new model
-# (with default detector settings), since an installed maskflow shadows their bundled code.
+# Compatibility: versions registered before PYFUNC_API 2 (maskflow 0.1, before 2026-11)
+# pickled this class name; they load as the current model, settings they lack taking
+# DetectorSettings' defaults. Remove once those versions are deleted from the registry.
 MaskClassifier = MaskDetectionModel
 
 

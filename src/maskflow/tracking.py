@@ -22,6 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from maskflow.cache import file_lock
 
+# MLflow is imported inside the functions that use it: importing this
+# module (a CLI's --help, a spawned worker, another stage) stays fast without it.
+
 log = logging.getLogger(__name__)
 
 

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import keras
 import keras_tuner as kt
 import numpy as np
+import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -27,6 +28,9 @@ from maskflow.cache import atomic_write_json, digest, file_lock
 from maskflow.contracts import PreparedData, StageContext, TunedHead
 from maskflow.data import read_manifest, require_training_samples
 from maskflow.datasets import balanced_class_weights, image_dataset, split_arrays
+
+# MLflow, pandas are imported inside the functions that use them: importing this
+# module (a CLI's --help, a spawned worker, another stage) stays fast without them.
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +314,6 @@ def _worker_done(cfg, hypermodel: HeadHyperModel, out_dir: Path, emb_dir: Path, 
 def _datasets(x_train, y_train, x_val, y_val, n_classes: int, batch_size: int, seed: int):
     """In-memory tf.data pipelines: about a third cheaper per trial than numpy inputs,
     whose adapter Keras rebuilds on every fit."""
-    import tensorflow as tf
 
     eye = np.eye(n_classes, dtype=np.float32)
     train = (tf.data.Dataset.from_tensor_slices((x_train, eye[y_train]))

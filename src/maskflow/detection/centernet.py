@@ -12,6 +12,7 @@ from typing import Sequence
 import cv2
 import keras
 import numpy as np
+import tensorflow as tf
 
 from maskflow import backbones  # noqa: F401 - registers Preprocess, so saved detectors load anywhere
 from maskflow.detection.boxes import iou, letterbox
@@ -29,7 +30,6 @@ class Upsample2x(keras.layers.Layer):
 
     def call(self, x):
         if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
 
             return tf.image.resize(x, tf.shape(x)[1:3] * 2, method="bilinear")
         _, h, w, _ = keras.ops.shape(x)
@@ -124,7 +124,6 @@ class CenterNetFinder:
     def __init__(self, model, classes: Sequence[str], long_side: int = 512, min_score: float = 0.05, flip: bool = False,
                  nms_iou: float | None = None, per_class: bool = False, still_flip: bool = False,
                  zoom_side: int | None = None, zoom_face: float = 32.0) -> None:
-        import tensorflow as tf
 
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
             model = keras.models.load_model(model, compile=False)

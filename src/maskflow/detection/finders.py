@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-
-from maskflow.detection import onnx_finders
-from maskflow.detection.boxes import calibrated, weighted_box_fusion
+from maskflow.detection.fusion import FusionFinder
+from maskflow.detection.mtcnn import FaceDetector
+from maskflow.detection.scrfd import SCRFD_LICENCE, ScrfdFinder
 from maskflow.detection.settings import DetectorSettings
+from maskflow.detection.ultraface import UltraFaceFinder
 from maskflow.detection.weights import resolve
-from maskflow.faces import Face, FaceDetector
+from maskflow.detection.yunet import YuNetFinder
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ _NOT_KWARGS = {"file", "sha256", "box_calibration", "licence", "members", "metho
 
 
 def mtcnn_finder(settings: Mapping[str, Any]) -> FaceDetector:
-    """MTCNN (:class:`maskflow.faces.FaceDetector`, itself a :class:`Finder`) from settings
+    """MTCNN (:class:`maskflow.detection.mtcnn.FaceDetector`, itself a :class:`Finder`) from settings
     (a fusion member's ``finders.mtcnn`` block; what it lacks, :class:`DetectorSettings` gives)."""
     base = DetectorSettings()
     return FaceDetector(min_face_size=float(settings.get("min_face", base.min_face)),
@@ -36,31 +36,11 @@ def mtcnn_finder(settings: Mapping[str, Any]) -> FaceDetector:
                         thresholds=tuple(settings.get("thresholds") or base.thresholds))
 
 
-class FusionFinder:
-    """Several finders on the same frame, their boxes fused (:func:`weighted_box_fusion`)."""
-
-    name = "fusion"
-
-    def __init__(self, members: Sequence[Any], iou: float = 0.55, method: str = "wbf", weights: Sequence[float] | None = None,
-                 calibrations: Sequence[Mapping | None] = ()) -> None:
-        self.members = list(members)
-        self.iou, self.method = float(iou), str(method)
-        self.weights = list(weights) if weights else None
-        # Members' boxes follow different conventions: each is moved to the annotations'
-        # before fusing, so the fused box is an average of like with like.
-        self.calibrations = list(calibrations) or [None] * len(self.members)
-
-    def find(self, rgb: np.ndarray, still: bool = False) -> list[Face]:
-        h, w = rgb.shape[:2]
-        groups = [[calibrated(f, c, w, h) for f in m.find(rgb, still)] for m, c in zip(self.members, self.calibrations)]
-        return weighted_box_fusion(groups, self.iou, self.weights, self.method)
-
-
 def _onnx_finder(name: str, settings: Mapping[str, Any], folders: Sequence[str | Path]):
 
-    classes = {"yunet": onnx_finders.YuNetFinder, "ultraface": onnx_finders.UltraFaceFinder, "scrfd": onnx_finders.ScrfdFinder}
+    classes = {"yunet": YuNetFinder, "ultraface": UltraFaceFinder, "scrfd": ScrfdFinder}
     if name == "scrfd":
-        print(f"maskflow: warning: {onnx_finders.SCRFD_LICENCE}", file=sys.stderr)
+        print(f"maskflow: warning: {SCRFD_LICENCE}", file=sys.stderr)
     path = resolve(str(settings["file"]), settings.get("sha256"), folders)
     kwargs = {k: v for k, v in settings.items() if k not in _NOT_KWARGS}
     return classes[name](path, **kwargs)

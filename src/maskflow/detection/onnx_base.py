@@ -1,0 +1,117 @@
+"""What the ONNX face finders share: resizing to ``long_side``, the stills pass at
+``still_long_side`` (the whole upscaled image, or overlapping tiles for fixed-input
+models), NMS over both passes, and mapping boxes back to the original pixels. One module
+per finder: :mod:`~maskflow.detection.yunet`, :mod:`~maskflow.detection.ultraface`,
+:mod:`~maskflow.detection.scrfd` (models of ``weights/faces``, trained on WIDER FACE / MAFA).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from maskflow.detection.boxes import fit_scale, nms, to_faces
+from maskflow.faces import Face, resize_to_scale
+
+# onnxruntime is imported inside the functions that use it: importing this
+# module (a CLI's --help, a spawned worker, another stage) stays fast without it.
+
+@dataclass(frozen=True)
+class PassResult:
+    """One network pass, in the pixels of the image it was given."""
+
+    corners: np.ndarray  # (N, 4) x0, y0, x1, y1
+    scores: np.ndarray  # (N,)
+    landmarks: np.ndarray | None = None  # (N, 10)
+    probs: np.ndarray | None = None  # (N, k): the finder's own class scores, if any
+
+    @staticmethod
+    def empty() -> "PassResult":
+        return PassResult(np.zeros((0, 4)), np.zeros(0))
+
+
+def _concat(parts: list[PassResult]) -> PassResult:
+    parts = [p for p in parts if len(p.scores)]
+    if not parts:
+        return PassResult.empty()
+    landmarks = np.concatenate([p.landmarks for p in parts]) if all(p.landmarks is not None for p in parts) else None
+    probs = np.concatenate([p.probs for p in parts]) if all(p.probs is not None for p in parts) else None
+    return PassResult(np.concatenate([p.corners for p in parts]), np.concatenate([p.scores for p in parts]), landmarks, probs)
+
+
+def _take(result: PassResult, keep: np.ndarray) -> PassResult:
+    return PassResult(result.corners[keep], result.scores[keep],
+                      None if result.landmarks is None else result.landmarks[keep],
+                      None if result.probs is None else result.probs[keep])
+
+
+class OnnxFinder:
+    """Shared by the ONNX finders: resizing, stills upscaling/tiling, NMS, mapping back."""
+
+    name = "onnx"
+    tiles = True  # fixed-input models: stills are tiled; YuNet (any size) runs once instead
+
+    def __init__(self, model_path: Path, long_side: int | None = 640, still_long_side: int | None = None,
+                 min_score: float = 0.3, nms_iou: float = 0.4, tile_overlap: float = 0.2) -> None:
+        self.model_path = Path(model_path)
+        self.long_side = long_side
+        self.still_long_side = still_long_side
+        self.min_score = float(min_score)
+        self.nms_iou = float(nms_iou)
+        self.tile_overlap = float(tile_overlap)
+
+    def _pass(self, rgb: np.ndarray) -> PassResult:  # pragma: no cover - each finder's own
+        raise NotImplementedError
+
+    def find(self, rgb: np.ndarray, still: bool = False) -> list[Face]:
+        h, w = rgb.shape[:2]
+        if min(h, w) < 2:
+            return []
+        base_scale = fit_scale(h, w, self.long_side)
+        passes = [(resize_to_scale(rgb, base_scale), base_scale, 0, 0)]
+        if still and self.still_long_side and self.still_long_side > max(h, w) * base_scale:
+            big_scale = fit_scale(h, w, self.still_long_side)
+            big = resize_to_scale(rgb, big_scale)
+            if self.tiles:
+                passes += [(tile, big_scale, x, y) for tile, x, y in _tiles(big, self.long_side or 640, self.tile_overlap)]
+            else:  # the base pass stays: faces that fill the frame are found at the base scale
+                passes.append((big, big_scale, 0, 0))
+        found = []
+        for image, scale, x, y in passes:
+            result = self._pass(image)
+            # Back to the original image's pixels: undo the tile offset, then the scale.
+            shifted = result.corners + np.array([x, y, x, y], np.float64)
+            marks = None if result.landmarks is None else result.landmarks + np.tile([x, y], 5)
+            found.append(PassResult(shifted / scale, result.scores, None if marks is None else marks / scale, result.probs))
+        merged = _concat(found)
+        merged = _take(merged, merged.scores >= self.min_score)
+        if len(passes) > 1 or not self.own_nms:
+            merged = _take(merged, nms(merged.corners, merged.scores, self.nms_iou))
+        return to_faces(merged.corners, merged.scores, 1.0, w, h, merged.landmarks, merged.probs)
+
+    own_nms = False  # True where the model (or OpenCV) already suppresses overlaps
+
+
+def _tiles(image: np.ndarray, side: int, overlap: float):
+    """Overlapping square-ish tiles of ``side`` px covering ``image`` (x, y offsets)."""
+    h, w = image.shape[:2]
+    step = max(1, int(side * (1.0 - overlap)))
+    xs = list(range(0, max(1, w - side) + 1, step)) or [0]
+    ys = list(range(0, max(1, h - side) + 1, step)) or [0]
+    if xs[-1] + side < w:
+        xs.append(w - side)
+    if ys[-1] + side < h:
+        ys.append(h - side)
+    for y in ys:
+        for x in xs:
+            yield image[max(0, y) : y + side, max(0, x) : x + side], max(0, x), max(0, y)
+
+
+def _session(model_path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
