@@ -43,7 +43,10 @@ def _onnx_finder(name: str, settings: Mapping[str, Any], folders: Sequence[str |
         print(f"maskflow: warning: {SCRFD_LICENCE}", file=sys.stderr)
     path = resolve(str(settings["file"]), settings.get("sha256"), folders)
     kwargs = {k: v for k, v in settings.items() if k not in _NOT_KWARGS}
-    return classes[name](path, **kwargs)
+    try:
+        return classes[name](path, **kwargs)
+    except TypeError as exc:  # a settings block missing a key (or with an unknown one)
+        raise ValueError(f"detect.finders.{name}: {exc}; see conf/detect/mtcnn.yaml for a complete block") from exc
 
 
 def build_finder(name: str, finders: Mapping[str, Mapping[str, Any]], folders: Sequence[str | Path] = ()):
@@ -57,8 +60,11 @@ def build_finder(name: str, finders: Mapping[str, Mapping[str, Any]], folders: S
         members = list(settings.get("members") or [])
         if not members or any(m == "fusion" for m in members):
             raise ValueError(f"finders.fusion.members must list other finders, got {members}")
-        return FusionFinder([build_finder(m, finders, folders) for m in members], settings.get("iou", 0.55),
-                            settings.get("method", "wbf"), settings.get("weights"),
+        missing = [k for k in ("iou", "method") if k not in settings]
+        if missing:
+            raise ValueError(f"detect.finders.fusion lacks {missing}; see conf/detect/mtcnn.yaml")
+        return FusionFinder([build_finder(m, finders, folders) for m in members], settings["iou"], settings["method"],
+                            settings.get("weights"),
                             [(finders.get(m) or {}).get("box_calibration") for m in members])
     return _onnx_finder(name, settings, folders)
 

@@ -15,7 +15,7 @@ class FusionFinder:
 
     name = "fusion"
 
-    def __init__(self, members: Sequence[Any], iou: float = 0.55, method: str = "wbf", weights: Sequence[float] | None = None,
+    def __init__(self, members: Sequence[Any], iou: float, method: str, weights: Sequence[float] | None = None,
                  calibrations: Sequence[Mapping | None] = ()) -> None:
         self.members = list(members)
         self.iou, self.method = float(iou), str(method)

@@ -53,8 +53,10 @@ class OnnxFinder:
     name = "onnx"
     tiles = True  # fixed-input models: stills are tiled; YuNet (any size) runs once instead
 
-    def __init__(self, model_path: Path, long_side: int | None = 640, still_long_side: int | None = None,
-                 min_score: float = 0.3, nms_iou: float = 0.4, tile_overlap: float = 0.2) -> None:
+    # long_side, still_long_side, min_score and nms_iou have no default here: the finder's
+    # block in conf/detect (finders.<name>, stored with the model) is the one place they live.
+    def __init__(self, model_path: Path, *, long_side: int | None, still_long_side: int | None, min_score: float,
+                 nms_iou: float, tile_overlap: float = 0.2) -> None:
         self.model_path = Path(model_path)
         self.long_side = long_side
         self.still_long_side = still_long_side
