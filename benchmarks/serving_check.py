@@ -23,7 +23,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,6 +45,45 @@ def record(image: bytes, name: str = "x") -> bytes:
     return json.dumps({"dataframe_records": [{"image": base64.b64encode(image).decode(), "source": name}]}).encode()
 
 
+@dataclass
+class Server:
+    url: str
+    port: int
+    process: subprocess.Popen
+    startup_s: float
+
+
+@contextmanager
+def served(model: str, server: str = "mlflow", timeout: float = 300) -> Iterator[Server]:
+    """``model`` served on a free loopback port by ``mlflow models serve`` or
+    ``python -m maskflow.rest`` (one worker), up and answering /ping; stopped on exit."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = ([sys.executable, "-m", "maskflow.rest", model, "--port", str(port), "--workers", "1"] if server == "maskflow"
+               else [sys.executable, "-m", "mlflow", "models", "serve", "-m", model, "--env-manager", "local",
+                     "--host", "127.0.0.1", "--port", str(port), "--workers", "1"])
+    env = {**os.environ, "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT}/mlflow.db")}
+    log = Path(tempfile.mkdtemp()) / "server.log"
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            if process.poll() is not None or time.perf_counter() - started > timeout:
+                raise RuntimeError(f"{' '.join(command[1:4])} did not come up:\n{log.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(f"{url}/ping", timeout=2).read()
+                break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.5)
+        yield Server(url, port, process, time.perf_counter() - started)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(30)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="models:/maskflow@champion")
@@ -49,29 +91,9 @@ def main() -> int:
     parser.add_argument("--scenes", type=Path, default=ROOT.parent / "shared" / "data" / "mask-scenes-853" / "images")
     args = parser.parse_args()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT}/mlflow.db")}
-    log = open(tempfile.mktemp(suffix=".log"), "w")
-    started = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", args.model, "--env-manager", "local",
-                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     failures = []
-    try:
-        while True:
-            if server.poll() is not None or time.perf_counter() - started > 300:
-                print(Path(log.name).read_text()[-3000:])
-                return 1
-            try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2)
-                break
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.5)
-        startup = time.perf_counter() - started
-
+    with served(args.model) as server:
+        url, startup = server.url, server.startup_s
         images = sorted(p for p in args.scenes.iterdir() if p.suffix.lower() in (".png", ".jpg"))[-args.images:]
         latencies, faces = [], 0
         for path in images:
@@ -102,13 +124,9 @@ def main() -> int:
             if not 400 <= status < 500:
                 failures.append(f"bad payload {name!r}: HTTP {status}")
         status, _, _ = post(url, record(images[0].read_bytes(), images[0].name))
-        alive = server.poll() is None and status == 200
+        alive = server.process.poll() is None and status == 200
         if not alive:
             failures.append("server not answering after bad payloads")
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(30)
 
     print(f"model `{args.model}`; server up in {startup:.1f} s (model load included)\n")
     print(f"- good images: {good}/{len(images)} answered 200, {faces} faces in total")

@@ -25,13 +25,13 @@ import os
 import socket
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from serving_check import served  # a sibling script: its folder is on sys.path when run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,34 +86,15 @@ def main() -> int:
     parser.add_argument("--scenes", type=Path, default=ROOT.parent / "shared" / "data" / "mask-scenes-853" / "images")
     args = parser.parse_args()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT}/mlflow.db")}
-    command = ([sys.executable, "-m", "maskflow.rest", args.model, "--port", str(port), "--workers", "1"]
-               if args.server == "maskflow" else
-               [sys.executable, "-m", "mlflow", "models", "serve", "-m", args.model, "--env-manager", "local",
-                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"])
-    log_path = Path(tempfile.mkdtemp()) / "server.log"
-    server = subprocess.Popen(command, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    lines = [f"# REST load test: `{' '.join(command[1:4])}` ({args.server}), {os.cpu_count()} CPUs", ""]
-    ok = True
-    try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2).read()
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if server.poll() is not None:
-                    print(log_path.read_text()[-3000:], file=sys.stderr)
-                    return 1
-                time.sleep(1)
+    name = "python -m maskflow.rest" if args.server == "maskflow" else "mlflow models serve"
+    lines = [f"# REST load test: `{name} {args.model}`, one worker, {os.cpu_count()} CPUs", ""]
+    with served(args.model, args.server) as server:
+        url, port = server.url, server.port
         images = sorted(p for p in args.scenes.iterdir() if p.suffix.lower() in (".png", ".jpg"))[: args.requests]
         bodies = [json.dumps({"dataframe_records": [{"image": base64.b64encode(p.read_bytes()).decode(), "source": p.name}]}).encode()
                   for p in images]
         post(url, bodies[0], args.timeout)  # warm-up
-        rss_before = rss_mib(server.pid)
+        rss_before = rss_mib(server.process.pid)
 
         started = time.perf_counter()
         with ThreadPoolExecutor(len(bodies)) as pool:
@@ -133,9 +114,9 @@ def main() -> int:
                   *[f"Refused as bad: {r}" for r in refusals], f"A bad request right after: HTTP {bad_status} in {bad_latency:.2f} s.", ""]
 
         big = b'{"dataframe_records": [{"image": "' + b"A" * (84 * 10**6) + b'"}]}'
-        rss_before = rss_mib(server.pid)
+        rss_before = rss_mib(server.process.pid)
         status, latency = post_raw(port, big)
-        rss_after = rss_mib(server.pid)
+        rss_after = rss_mib(server.process.pid)
         lines += [f"## An 84 MB body: HTTP {status} in {latency:.2f} s; server memory {rss_before:.0f} -> {rss_after:.0f} MiB", ""]
 
         # Clients that leave: two close halfway through sending their body, two wait behind
@@ -167,9 +148,6 @@ def main() -> int:
         alive, _, _ = post(url, bodies[0], args.timeout)
         ok = alive == 200
         lines.append(f"Server still answering: {'yes' if ok else f'no ({alive})'}.")
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(30)
     print("\n".join(lines))
     return 0 if ok else 1
 

@@ -68,10 +68,10 @@ class DetectorSettings:
         unknown = sorted(set(stored) - known)
         if unknown:
             log.warning("detector settings: ignoring unknown keys %s (from another maskflow version)", unknown)
-        base = OmegaConf.structured(cls)
-        merged = OmegaConf.merge(base, {k: v for k, v in stored.items() if k in known and v is not None or k in (
-            "runner_up", "box_calibration", "nms_iou")})
-        return OmegaConf.to_object(merged)
+        # A None stored for a field that cannot be None (older versions wrote some) means "unset".
+        nullable = {f.name for f in fields(cls) if "Optional" in str(f.type)}
+        given = {k: v for k, v in stored.items() if k in known and (v is not None or k in nullable)}
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), given))
 
     def with_options(self, **given: Any) -> "DetectorSettings":
         """A copy with the options that were given (None: not given)."""
