@@ -91,3 +91,24 @@ def test_detect_cli_reports_every_bad_input_and_exits_1(yunet_model, tmp_path):
 
     good = _detect(yunet_model, str(inputs / "a.jpg"), cwd=tmp_path)
     assert good.returncode == 0, good.stderr[-2000:]
+
+
+@needs_shared
+def test_scene_evaluation_names_unreadable_images_and_exits_1(yunet_model, tmp_path):
+    """An annotation whose image is truncated or missing is named on stderr and counted;
+    the rest is scored; the exit code says some input failed."""
+    folder = tmp_path / "voc"
+    (folder / "images").mkdir(parents=True)
+    (folder / "annotations").mkdir()
+    for name in ("maksssksksss0", "maksssksksss1", "maksssksksss2"):
+        shutil.copy(SCENES / "annotations" / f"{name}.xml", folder / "annotations")
+    shutil.copy(SCENES / "images" / "maksssksksss0.jpg", folder / "images")
+    (folder / "images" / "maksssksksss1.jpg").write_bytes((SCENES / "images" / "maksssksksss1.jpg").read_bytes()[:500])
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-m", "maskflow.evaluate_scenes", str(folder), "--split", "all", "--bootstrap", "0",
+                           "--model", "models:/m/1", "--tracking-uri", yunet_model],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "maksssksksss1.jpg: unreadable" in proc.stderr and "maksssksksss2.jpg: unreadable" in proc.stderr
+    metrics = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert metrics["scenes_images"] == 1 and metrics["scenes_images_skipped"] == 2

@@ -130,12 +130,13 @@ def limit_items(items: list[Item], limit: int) -> list[Item]:
 
 
 def voc_items(folder: Path, names: set[str] | None = None, limit: int | None = None) -> list[tuple[Path, list]]:
-    """(image, [(class, box), ...]) of a VOC folder's annotated images (those in ``names``)."""
+    """(image, [(class, box), ...]) of a VOC folder's annotations (those naming an image in ``names``)."""
     items = []
     for xml in sorted((folder / "annotations").glob("*.xml")):
         filename, objects = parse_voc(xml)
         image = folder / "images" / filename
-        if image.exists() and (names is None or image.name in names):
+        # A missing image stays listed: its reader names it (skipped, not silently lost).
+        if names is None or image.name in names:
             items.append((image, [(label, box) for label, box in objects]))
     return items[:limit] if limit else items
 

@@ -15,6 +15,9 @@ the 95% bootstrap interval of ``scenes_map50`` over the images (``--bootstrap``)
 scores two saved prediction files on the same images, paired (:func:`paired_bootstrap`):
 is setting A really better than B on this split?
 The evaluate stage runs the same code on the held-out scene split.
+
+Exit codes: 0 every image was scored; 1 some image could not be read (each named on
+stderr, the others scored and reported); 2 bad arguments.
 """
 
 from __future__ import annotations
@@ -220,8 +223,9 @@ def run_scenes(detector, items: Sequence[tuple[Path, list[tuple[str, tuple]]]], 
         for path, truths in tqdm(items, desc="scenes", unit="image", disable=None, leave=False):
             try:
                 rgb = read_image(path).rgb
-            except DecodeError:
+            except DecodeError as exc:  # counted in the metrics, named here
                 skipped += 1
+                print(f"maskflow.evaluate_scenes: skipped {path}: {exc}", file=sys.stderr)
                 continue
             preds = detector(Frame(str(path), 0, rgb, False))
             results.append((preds, truths))
@@ -322,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         (args.out / "metrics.json").write_text(json.dumps(scored, indent=1))
     print(json.dumps({"split": args.split, **scored["metrics"]}, indent=1))
-    return 0
+    return 1 if scored["metrics"]["scenes_images_skipped"] else 0  # scored the rest; some inputs failed
 
 
 if __name__ == "__main__":

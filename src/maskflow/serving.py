@@ -217,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faces-only", action="store_true")
     parser.add_argument("--retries", type=int, default=5, help="times to retry a 503 (server busy) after its Retry-After")
     args = parser.parse_args(argv)
+    missing = [str(p) for p in args.images if not p.is_file()]
+    if missing:  # nothing is sent: a request is all or nothing
+        print(f"maskflow.serving: not a readable file: {', '.join(missing)}", file=sys.stderr)
+        return 1
     body = {"dataframe_split": encode_images(args.images, sources=True).to_dict(orient="split"),
             "params": {"faces_only": args.faces_only}}
     body["dataframe_split"].pop("index", None)
@@ -237,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(wait)
                 continue
             print(f"HTTP {exc.code}: {message}", file=sys.stderr)
+            return 1
+        except (urllib.error.URLError, OSError) as exc:  # no server there, or the connection broke
+            print(f"maskflow.serving: {args.url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
             return 1
     return 1
 
