@@ -91,3 +91,48 @@ def test_augmentation_keeps_shape_and_range():
     assert y.shape == x.shape and y.min() >= 0 and y.max() <= 255
     assert not np.allclose(x, y)
     np.testing.assert_allclose(np.asarray(aug(x, training=False)), x)
+
+
+def test_layers_above_a_cut_give_the_full_models_output_and_share_its_weights():
+    # train=top_blocks trains these layers on cached features of the cut: the full model
+    # must then compute exactly what the trained top computed.
+    import keras
+
+    cfg = OmegaConf.create({"name": "m", "constructor": "MobileNetV2", "kwargs": {"alpha": 0.35},
+                            "input_size": 64, "preprocess": "tf"})
+    keras.utils.set_random_seed(0)
+    backbone = backbones.build_backbone(cfg, backbones.ResolvedWeights(None, None, None, "random"))
+    head = keras.Sequential([keras.Input((backbone.output_shape[-1],)), keras.layers.Dense(3, activation="softmax")])
+    cut = keras.Model(backbone.input, [backbone.get_layer("block_12_add").output, backbone.output])
+    top = backbones.layers_above(backbone, "block_12_add", head)
+    images = np.random.default_rng(0).uniform(-1, 1, (4, 64, 64, 3)).astype("float32")
+    features, pooled = cut(images, training=False)
+    np.testing.assert_allclose(top(features, training=False), head(pooled), rtol=1e-4, atol=1e-5)
+    shared = {id(w) for w in backbone.weights}
+    assert {id(w) for w in top.weights} - {id(w) for w in head.weights} <= shared
+    assert backbone.get_layer("block_16_project") in top.layers
+    with pytest.raises(ValueError, match="not a layer"):
+        backbones.layers_above(backbone, "no_such_layer", head)
+
+
+def test_tflite_predictor_matches_keras_in_output_order_for_any_batch(tmp_path):
+    # Embeddings and the detector's classifier run through TFLite: they must be Keras's
+    # numbers, each output in Keras's order, whatever the batch size.
+    import keras
+
+    cfg = OmegaConf.create({"name": "m", "constructor": "MobileNetV2", "kwargs": {"alpha": 0.35},
+                            "input_size": 64, "preprocess": "tf"})
+    keras.utils.set_random_seed(0)
+    extractor = backbones.feature_extractor(cfg, backbones.ResolvedWeights(None, None, None, "random"), "block_12_add")
+    fast = backbones.TFLitePredictor(extractor)
+    images = np.random.default_rng(0).uniform(0, 255, (5, 64, 64, 3)).astype("float32")
+    expected = extractor.predict(images, verbose=0)
+    for batch in (images, images[:2], images):
+        got = fast(batch)
+        assert [g.shape for g in got] == [(len(batch), 1280), (len(batch), 4, 4, 32)]
+        for g, e in zip(got, expected):
+            np.testing.assert_allclose(g, e[: len(batch)], rtol=1e-3, atol=1e-4)
+    # From a file (what a registered model carries): the single output of a classifier.
+    pooled = keras.Model(extractor.input, extractor.output[0])
+    (tmp_path / "m.tflite").write_bytes(backbones.to_tflite(pooled))
+    np.testing.assert_allclose(backbones.TFLitePredictor(tmp_path / "m.tflite")(images)[0], expected[0], rtol=1e-3, atol=1e-4)

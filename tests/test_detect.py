@@ -73,3 +73,19 @@ def test_stills_settings_come_from_the_model_and_the_command_line_overrides_them
     # A version registered before stills settings existed keeps its single pass.
     older = DetectorSettings.from_stored({"backend": "facedet"})
     assert (detector_settings(parser.parse_args([]), older).stills.zoom_side, older.stills.flip) == (None, False)
+
+
+def test_classifier_through_tflite_gives_the_keras_probabilities_for_any_number_of_faces(tmp_path):
+    # Detection runs the compiled classifier a registered model carries: the same labels.
+    import keras
+
+    from maskflow.backbones import to_tflite
+
+    model = keras.models.load_model(tiny_keras_model(tmp_path / "m.keras"))
+    (tmp_path / "m.tflite").write_bytes(to_tflite(model))
+    keras_run = Classifier(model, ["with_mask", "without_mask"], 32)
+    lite_run = Classifier(model, ["with_mask", "without_mask"], 32, tmp_path / "m.tflite")
+    assert (keras_run.runtime, lite_run.runtime) == ("keras", "tflite")
+    crops = list(np.random.default_rng(0).uniform(0, 255, (7, 32, 32, 3)).astype("float32"))
+    for faces in (crops, crops[:1], crops[:3], []):
+        np.testing.assert_allclose(lite_run(faces), keras_run(faces), atol=1e-5)

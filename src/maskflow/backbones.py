@@ -130,13 +130,76 @@ def build_backbone(model_cfg: DictConfig, weights: ResolvedWeights, input_size: 
     )
 
 
-def feature_extractor(model_cfg: DictConfig, weights: ResolvedWeights) -> keras.Model:
-    """uint8-range RGB -> preprocessing -> backbone (inference mode) -> embedding."""
+def feature_extractor(model_cfg: DictConfig, weights: ResolvedWeights, layer: str | None = None) -> keras.Model:
+    """uint8-range RGB -> preprocessing -> backbone (inference mode) -> embedding, and
+    also the output of ``layer`` when given (one pass for both)."""
     size = int(model_cfg.input_size)
     inputs = keras.Input((size, size, 3), name="image")
     backbone = build_backbone(model_cfg, weights)
+    if layer:
+        backbone = keras.Model(backbone.input, [backbone.output, backbone.get_layer(layer).output], name=backbone.name)
     outputs = backbone(Preprocess(str(model_cfg.preprocess))(inputs), training=False)
     return keras.Model(inputs, outputs, name=f"{model_cfg.name}_features")
+
+
+def to_tflite(model: keras.Model) -> bytes:
+    """A Keras model compiled to TFLite, float32 (the same numbers within ~1e-5)."""
+    return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+
+
+class TFLitePredictor:
+    """A model run through TFLite (XNNPACK kernels): on a 2-core CPU without AVX-512,
+    MobileNetV2 at 128 px runs about 2.4 ms an image against Keras's 10 (BENCHMARKS.md).
+    ``model``: a Keras model (compiled here; outputs come back in its order) or a
+    ``.tflite`` file. Batches of any size; one call at a time (TFLite interpreters are
+    not thread-safe). Compiling raises whatever the converter raises."""
+
+    def __init__(self, model: keras.Model | str | Path, threads: int | None = None) -> None:
+        import threading
+
+        keras_model = model if isinstance(model, keras.Model) else None
+        content = to_tflite(keras_model) if keras_model is not None else Path(model).read_bytes()
+        self._interpreter = tf.lite.Interpreter(model_content=content, num_threads=threads or os.cpu_count())
+        self._lock = threading.Lock()
+        image = self._interpreter.get_input_details()[0]
+        self._input, self._image_shape, self._batch = image["index"], list(image["shape"][1:]), None
+        details = self._interpreter.get_output_details()
+        if keras_model is None:
+            self._outputs = [d["index"] for d in details]
+        else:  # TFLite may order the outputs differently: match them to Keras's by shape
+            shapes = keras_model.output_shape if isinstance(keras_model.output_shape, list) else [keras_model.output_shape]
+            self._outputs = []
+            for shape in shapes:
+                match = next(d for d in details if tuple(d["shape"][1:]) == tuple(shape[1:]) and d["index"] not in self._outputs)
+                self._outputs.append(match["index"])
+
+    def __call__(self, images: np.ndarray) -> list[np.ndarray]:
+        with self._lock:
+            if len(images) != self._batch:  # resizing costs microseconds; tensors are re-planned
+                self._interpreter.resize_tensor_input(self._input, [len(images), *self._image_shape])
+                self._interpreter.allocate_tensors()
+                self._batch = len(images)
+            self._interpreter.set_tensor(self._input, np.ascontiguousarray(images, np.float32))
+            self._interpreter.invoke()
+            return [self._interpreter.get_tensor(i).copy() for i in self._outputs]
+
+
+def layers_above(backbone: keras.Model, layer: str, head: keras.Model) -> keras.Model:
+    """The backbone's layers above ``layer``, sharing their weights, then ``head``: the
+    output of ``layer`` -> class probabilities. Training it trains the same layers of the
+    full model, so the top blocks can be fine-tuned on cached features of ``layer``."""
+    names = [x.name for x in backbone.layers]
+    if layer not in names:
+        raise ValueError(f"model.feature_layer={layer!r} is not a layer of {backbone.name}")
+    start = names.index(layer)
+    inputs = keras.Input(backbone.get_layer(layer).output.shape[1:], name=layer)
+    tensors = {layer: inputs}
+    for current in backbone.layers[start + 1 :]:
+        # The layer's first call is the one that built the backbone: its inputs by name.
+        sources = [t._keras_history.operation.name for t in current._inbound_nodes[0].arguments.keras_tensors]
+        args = [tensors[name] for name in sources]
+        tensors[current.name] = current(args if len(args) > 1 else args[0])
+    return keras.Model(inputs, head(tensors[backbone.layers[-1].name]), name=f"above_{layer}")
 
 
 def augmentation(aug_cfg: DictConfig, seed: int | None = None) -> keras.Sequential:

@@ -44,6 +44,7 @@ class TrainedModel:
     classes: tuple[str, ...]
     history: Path  # per-epoch metrics JSON
     metrics: dict[str, float] = field(default_factory=dict)
+    tflite_path: Path | None = None  # the same model compiled to TFLite (float32): what detection runs
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from maskflow.backbones import TFLitePredictor
 from maskflow.cache import digest
 from maskflow.config import PROJECT_ROOT
 from maskflow.detection.boxes import calibrate_box, iou
@@ -61,17 +62,22 @@ COLOURS = {"with_mask": (40, 200, 40), "without_mask": (40, 40, 230), "mask_wear
 
 
 class Classifier:
-    """Face crops (already at ``input_size``) -> class probabilities, one batch per frame."""
+    """Face crops (already at ``input_size``) -> class probabilities, one batch per frame.
+    Runs ``tflite`` (the same model compiled by finetune, carried by a registered model)
+    when given, else the Keras model."""
 
-    def __init__(self, keras_model, classes: Sequence[str], input_size: int) -> None:
+    def __init__(self, keras_model, classes: Sequence[str], input_size: int, tflite: str | Path | None = None) -> None:
         self.classes = list(classes)
         self.input_size = int(input_size)
-        self._call = tf.function(lambda x: keras_model(x, training=False), reduce_retracing=True)
+        self.runtime = "tflite" if tflite else "keras"
+        self._lite = TFLitePredictor(tflite) if tflite else None
+        self._call = None if tflite else tf.function(lambda x: keras_model(x, training=False), reduce_retracing=True)
 
     def __call__(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         if not crops:
             return np.zeros((0, len(self.classes)), np.float32)
-        return self._call(np.stack(crops).astype(np.float32)).numpy()
+        batch = np.stack(crops).astype(np.float32)
+        return self._lite(batch)[0] if self._lite is not None else self._call(batch).numpy()
 
 
 def iter_sources(sources: Sequence[str], errors: list[str]) -> Iterator[Frame]:

@@ -228,7 +228,7 @@ def load_model(path: Path):
 
 
 # Bump when what the stage computes changes, so cached evaluations are not reused.
-EVALUATE_VERSION = 3  # 3: per-part test metrics, any finder on close-ups (xtest_<set>_detect_*)
+EVALUATE_VERSION = 4  # 3: per-part test metrics, any finder on close-ups (xtest_<set>_detect_*); 4: detection's classifier through TFLite
 
 
 def run(cfg: DictConfig, ctx: StageContext) -> Evaluation:
@@ -242,6 +242,7 @@ def run(cfg: DictConfig, ctx: StageContext) -> Evaluation:
     out = ctx.run_dir / "evaluate"
     out.mkdir(parents=True, exist_ok=True)
     key = digest({"version": EVALUATE_VERSION, "model": sha256_file(trained.model_path), "data": prepared.digest,
+                  "tflite": sha256_file(trained.tflite_path) if trained.tflite_path else None,
                   "face_model": sha256_file(facedet.model_path) if facedet is not None and facedet.model_path else None,
                   "evaluate": OmegaConf.to_container(cfg.evaluate, resolve=True),
                   "detect": OmegaConf.to_container(cfg.detect, resolve=True), "data_name": str(cfg.data.name)})
@@ -307,7 +308,8 @@ def _scenes(cfg: DictConfig, ctx: StageContext, model, size: int, classes: list[
     # conf/detect, as registered with the model: what is evaluated is what gets served.
     facedet = ctx.results.get("facedet")
     face_model = facedet.model_path if facedet is not None else None
-    mask_model = MaskModel(Classifier(model, classes, size), DetectorSettings.from_stored(OmegaConf.to_container(cfg.detect, resolve=True)),
+    trained: TrainedModel = ctx.need("finetune")
+    mask_model = MaskModel(Classifier(model, classes, size, trained.tflite_path), DetectorSettings.from_stored(OmegaConf.to_container(cfg.detect, resolve=True)),
                            face_model, list(facedet.classes) if face_model else [], [str(cfg.paths.face_weights_dir)])
     detector = build_detector(mask_model.settings, mask_model)
     scored = run_scenes(detector, items, out / "scenes_predictions.jsonl", resamples=int(sc.get("bootstrap", 0)))

@@ -193,7 +193,7 @@ def _register(cfg, ctx, trained: TrainedModel, prepared: PreparedData, evaluatio
                             facedet.classes if face_model is not None else ())
     examples = split_arrays(prepared.manifest, "test", trained.classes)[0][:2]
     return register_pyfunc(str(cfg.export.registered_model), trained.model_path, meta, out / "pyfunc_meta.json",
-                           [Path(p) for p in examples], tags, face_model, _finder_files(cfg))
+                           [Path(p) for p in examples], tags, face_model, _finder_files(cfg), trained.tflite_path)
 
 
 def _finder_files(cfg) -> list[Path]:
@@ -205,7 +205,7 @@ def _finder_files(cfg) -> list[Path]:
 
 
 def register_pyfunc(name: str, keras_model: Path, meta: dict, meta_path: Path, examples: Sequence[Path], tags: dict[str, str],
-                    face_model: Path | None = None, finder_files: Sequence[Path] = ()) -> str:
+                    face_model: Path | None = None, finder_files: Sequence[Path] = (), tflite: Path | None = None) -> str:
     """Log the pyfunc to the active run and register it as a version of ``name``; a
     version of the same Keras files (classifier, face detector) with the same metadata
     (classes, detector settings) under the same pyfunc contract is reused instead."""
@@ -215,6 +215,8 @@ def register_pyfunc(name: str, keras_model: Path, meta: dict, meta_path: Path, e
     model_sha = sha256_file(keras_model)
     if face_model is not None:  # the served model is the pair
         model_sha = sha256_bytes(f"{model_sha}:{sha256_file(face_model)}".encode())
+    if tflite is not None:  # the classifier detection runs
+        model_sha = sha256_bytes(f"{model_sha}:tflite:{sha256_file(tflite)}".encode())
     # ... and what it does with them: other detector settings make another version.
     model_sha = sha256_bytes(f"{model_sha}:{json.dumps(meta, sort_keys=True, default=str)}".encode())
     client = MlflowClient()
@@ -230,7 +232,7 @@ def register_pyfunc(name: str, keras_model: Path, meta: dict, meta_path: Path, e
         version, present = str(chosen.version), dict(chosen.tags)
         log.info("export: model already registered as %s version %s", name, version)
     else:
-        info = serving.log_pyfunc(keras_model, meta, meta_path, examples, face_model, finder_files)
+        info = serving.log_pyfunc(keras_model, meta, meta_path, examples, face_model, finder_files, tflite)
         # The identity tags go on with the registration itself, so a run killed right after
         # it leaves a version the next run finds (and finishes below) instead of a duplicate.
         version = str(mlflow.register_model(info.model_uri, name, tags=identity).version)

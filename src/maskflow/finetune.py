@@ -1,11 +1,15 @@
 """Stage ``finetune``: backbone + tuned head, top of the backbone unfrozen, lower LR.
 
-The head starts from the tuned weights; the backbone's top ``model.finetune_layers``
-layers are unfrozen while BatchNorm stays in inference mode (the backbone is called
-with ``training=False`` and its BatchNorm layers stay frozen). Training uses on-the-fly
-augmentation, class weights when the search chose them, early stopping on val_loss
-with the best epoch restored, and checkpoints in the cache so an interrupted run
-resumes (``BackupAndRestore``). ``train.epochs=0`` keeps the head on the frozen backbone.
+The head starts from the tuned weights; BatchNorm stays in inference mode (the backbone
+is called with ``training=False`` and its BatchNorm layers stay frozen). Two ways:
+- on images (``train=default``): the top ``model.finetune_layers`` layers, on-the-fly
+  augmentation, a pass through the whole backbone per step;
+- on cached features (``train=top_blocks``, the default): the layers above
+  ``model.feature_layer``, trained on that layer's output cached with the embeddings,
+  so an epoch skips the frozen part of the backbone.
+Both use class weights when the search chose them, early stopping on val_loss with the
+best epoch restored, and checkpoints in the cache so an interrupted run resumes
+(``BackupAndRestore``). ``train.epochs=0`` keeps the head on the frozen backbone.
 If fine-tuning does not lower the validation cross-entropy (unsmoothed, ``val_loss``)
 the head-only weights are kept (param ``finetune_kept``).
 """
@@ -30,12 +34,14 @@ from maskflow.contracts import PreparedData, StageContext, TrainedModel, TunedHe
 from maskflow.datasets import balanced_class_weights, image_dataset, split_arrays
 from maskflow.distribute import strategy_for
 from maskflow.tracking import pip_requirements
-from maskflow.tune import load_embeddings
+from maskflow.tune import feature_layer, load_embeddings, load_features
 
 # MLflow is imported inside the functions that use it: importing this
 # module (a CLI's --help, a spawned worker, another stage) stays fast without it.
 
 log = logging.getLogger(__name__)
+
+TRAIN_ACCURACY_SAMPLE = 2048  # plain training crops scored for train_accuracy after fine-tuning on features
 
 
 def build_classifier(cfg: DictConfig, tuned: TunedHead, weights: backbones.ResolvedWeights) -> tuple[keras.Model, keras.Model]:
@@ -118,6 +124,7 @@ def run(cfg: DictConfig, ctx: StageContext) -> TrainedModel:
     else:
         summary = _train(cfg, prepared, tuned, weights, work, model_path)
         atomic_write_json(history_path, summary)
+    tflite_path = _compiled(model_path)
 
     if mlflow.active_run() is not None:
         for epoch, row in enumerate(summary["history"], start=1):
@@ -129,7 +136,19 @@ def run(cfg: DictConfig, ctx: StageContext) -> TrainedModel:
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(history_path, out / "history.json")
     metrics = {k: float(summary[k]) for k in ("val_accuracy", "val_loss", "train_accuracy", "train_time_s", "params_total", "params_trainable")}
-    return TrainedModel(model_path=model_path, input_size=size, classes=prepared.classes, history=history_path, metrics=metrics)
+    return TrainedModel(model_path=model_path, input_size=size, classes=prepared.classes, history=history_path, metrics=metrics,
+                        tflite_path=tflite_path)
+
+
+def _compiled(model_path: Path) -> Path:
+    """``model.tflite`` beside the model: the classifier detection runs (about 3x faster
+    per face on this CPU than Keras), compiled once and cached with the model."""
+    target = model_path.with_suffix(".tflite")
+    if not target.exists():
+        tmp = target.with_suffix(".tmp.tflite")
+        tmp.write_bytes(backbones.to_tflite(keras.models.load_model(model_path, compile=False)))
+        tmp.replace(target)
+    return target
 
 
 def _nll_accuracy(probs: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -141,14 +160,9 @@ def _nll_accuracy(probs: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 def _train(cfg, prepared, tuned, weights, work: Path, model_path: Path) -> dict[str, Any]:
 
     train = cfg.train
-    size, n_classes = int(cfg.model.input_size), len(prepared.classes)
-    paths_tr, y_tr = split_arrays(prepared.manifest, "train", prepared.classes)
-    paths_va, y_va = split_arrays(prepared.manifest, "val", prepared.classes)
+    _, y_tr = split_arrays(prepared.manifest, "train", prepared.classes)
     keras.utils.set_random_seed(int(cfg.seed))
     strategy = strategy_for(str(train.get("distribute", "auto")))
-    batch = int(train.batch_size) * strategy.num_replicas_in_sync
-    ds_va = image_dataset(paths_va, size, int(cfg.evaluate.batch_size), y_va, n_classes)
-    hp = tuned.best_hyperparameters
     with strategy.scope():
         model, backbone = build_classifier(cfg, tuned, weights)
     # Head-only numbers come from the cached embeddings (the same inputs the frozen model
@@ -162,27 +176,18 @@ def _train(cfg, prepared, tuned, weights, work: Path, model_path: Path) -> dict[
     history: list[dict[str, float]] = []
     kept, unfrozen = "head_only", 0
     val_loss, val_acc, train_acc = base_loss, base_acc, base_train_acc
-    if int(train.epochs) > 0:
+    epochs = int(train.epochs)
+    if epochs > 0 and train.get("on_features") and feature_layer(cfg) is None:
+        log.warning("finetune: model %s names no model.feature_layer, so train.on_features has nothing to train; keeping "
+                    "the tuned head (set model.feature_layer=<layer>, or train=default to fine-tune on images)", cfg.model.name)
+        epochs = 0
+    if epochs > 0:
         head_weights = model.get_weights()
-        with strategy.scope():
-            unfrozen = unfreeze_top(backbone, int(cfg.model.finetune_layers))
-            model.compile(optimizer=keras.optimizers.Adam(float(train.learning_rate)),
-                          loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(hp.get("label_smoothing", 0.0))),
-                          metrics=["accuracy"])
-        callbacks = [
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(train.patience), restore_best_weights=True),
-            keras.callbacks.BackupAndRestore(str(work / "backup"), delete_checkpoint=True),
-            keras.callbacks.ModelCheckpoint(str(work / "best.weights.h5"), monitor="val_loss", save_best_only=True, save_weights_only=True),
-        ]
-        ds_tr = image_dataset(paths_tr, size, batch, y_tr, n_classes, shuffle=True, seed=int(cfg.seed))
-        fitted = model.fit(ds_tr, validation_data=ds_va, epochs=int(train.epochs), callbacks=callbacks,
-                           steps_per_epoch=train.get("steps_per_epoch") or None,
-                           class_weight=balanced_class_weights(y_tr, n_classes) if hp.get("class_weighting") else None, verbose=2)
-        history = [{k: float(v[i]) for k, v in fitted.history.items()} for i in range(len(fitted.history["loss"]))]
-        ft_loss, ft_acc = _nll_accuracy(model.predict(image_dataset(paths_va, size, int(cfg.evaluate.batch_size)), verbose=0), y_va)
+        fit = _fit_on_features if train.get("on_features") else _fit_on_images
+        history, unfrozen, ft_loss, ft_acc, measure_train = fit(cfg, model, backbone, tuned, prepared, strategy, work)
         if ft_loss < base_loss:
             kept, val_loss, val_acc = "finetuned", ft_loss, ft_acc
-            train_acc = _nll_accuracy(model.predict(image_dataset(paths_tr, size, int(cfg.evaluate.batch_size)), verbose=0), y_tr)[1]
+            train_acc = measure_train()
         else:
             log.warning("finetune: val_nll %.4f did not beat the head-only %.4f; keeping the head-only weights", ft_loss, base_loss)
             model.set_weights(head_weights)
@@ -199,6 +204,87 @@ def _train(cfg, prepared, tuned, weights, work: Path, model_path: Path) -> dict[
         "val_accuracy": val_acc, "val_loss": val_loss, "train_accuracy": train_acc, "train_time_s": round(train_time, 3),
         "params_total": total, "params_trainable": trainable,
     }
+
+
+def _compile(cfg, model: keras.Model, hp: dict[str, Any]) -> None:
+    model.compile(optimizer=keras.optimizers.Adam(float(cfg.train.learning_rate)),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(hp.get("label_smoothing", 0.0))),
+                  metrics=["accuracy"])
+
+
+def _class_weights(hp: dict[str, Any], y: np.ndarray, n_classes: int) -> dict[int, float] | None:
+    return balanced_class_weights(y, n_classes) if hp.get("class_weighting") else None
+
+
+def _fit_on_images(cfg, model, backbone, tuned: TunedHead, prepared: PreparedData, strategy, work: Path):
+    """The top ``model.finetune_layers`` layers and the head, on augmented images."""
+    train, hp = cfg.train, tuned.best_hyperparameters
+    size, n_classes = int(cfg.model.input_size), len(prepared.classes)
+    paths_tr, y_tr = split_arrays(prepared.manifest, "train", prepared.classes)
+    paths_va, y_va = split_arrays(prepared.manifest, "val", prepared.classes)
+    with strategy.scope():
+        unfrozen = unfreeze_top(backbone, int(cfg.model.finetune_layers))
+        _compile(cfg, model, hp)
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(train.patience), restore_best_weights=True),
+        keras.callbacks.BackupAndRestore(str(work / "backup"), delete_checkpoint=True),
+        keras.callbacks.ModelCheckpoint(str(work / "best.weights.h5"), monitor="val_loss", save_best_only=True, save_weights_only=True),
+    ]
+    batch = int(train.batch_size) * strategy.num_replicas_in_sync
+    ds_tr = image_dataset(paths_tr, size, batch, y_tr, n_classes, shuffle=True, seed=int(cfg.seed))
+    ds_va = image_dataset(paths_va, size, int(cfg.evaluate.batch_size), y_va, n_classes)
+    fitted = model.fit(ds_tr, validation_data=ds_va, epochs=int(train.epochs), callbacks=callbacks,
+                       steps_per_epoch=train.get("steps_per_epoch") or None,
+                       class_weight=_class_weights(hp, y_tr, n_classes), verbose=2)
+    ft_loss, ft_acc = _nll_accuracy(model.predict(image_dataset(paths_va, size, int(cfg.evaluate.batch_size)), verbose=0), y_va)
+
+    def train_accuracy() -> float:
+        return _nll_accuracy(model.predict(image_dataset(paths_tr, size, int(cfg.evaluate.batch_size)), verbose=0), y_tr)[1]
+
+    return _rows(fitted), unfrozen, ft_loss, ft_acc, train_accuracy
+
+
+def _fit_on_features(cfg, model, backbone, tuned: TunedHead, prepared: PreparedData, strategy, work: Path):
+    """The layers above ``model.feature_layer`` and the head, on that layer's output
+    cached with the embeddings (their views are the augmentation)."""
+    import tensorflow as tf
+
+    train, hp = cfg.train, tuned.best_hyperparameters
+    n_classes, layer = len(prepared.classes), feature_layer(cfg)
+    f_tr, y_tr = load_features(tuned.embeddings_dir, "train")
+    f_va, y_va = load_features(tuned.embeddings_dir, "val")
+    eye = np.eye(n_classes, dtype=np.float32)
+    with strategy.scope():
+        top = backbones.layers_above(backbone, layer, model.get_layer("head"))
+        unfrozen = unfreeze_top(backbone, len(backbone.layers) - 1 - [x.name for x in backbone.layers].index(layer))
+        _compile(cfg, top, hp)
+    batch = int(train.batch_size) * strategy.num_replicas_in_sync
+
+    def batches(f, y=None, shuffle=False):
+        ds = tf.data.Dataset.from_tensor_slices(f if y is None else (f, eye[y]))
+        if shuffle:
+            ds = ds.shuffle(len(f), seed=int(cfg.seed), reshuffle_each_iteration=True)
+        cast = (lambda x: tf.cast(x, tf.float32)) if y is None else (lambda x, t: (tf.cast(x, tf.float32), t))
+        return ds.batch(batch if shuffle else 256).map(cast).prefetch(2)
+
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(train.patience), restore_best_weights=True),
+        keras.callbacks.BackupAndRestore(str(work / "backup"), delete_checkpoint=True),
+    ]
+    fitted = top.fit(batches(f_tr, y_tr, shuffle=True), validation_data=batches(f_va, y_va), epochs=int(train.epochs),
+                     callbacks=callbacks, steps_per_epoch=train.get("steps_per_epoch") or None,
+                     class_weight=_class_weights(hp, y_tr, n_classes), verbose=2)
+    ft_loss, ft_acc = _nll_accuracy(top.predict(batches(f_va), verbose=0), y_va)
+
+    def train_accuracy() -> float:  # view 0 (the plain crops); a sample of them bounds the cost
+        plain = np.random.default_rng(int(cfg.seed)).permutation(len(y_tr) // max(1, int(cfg.tune.views)))[:TRAIN_ACCURACY_SAMPLE]
+        return _nll_accuracy(top.predict(batches(f_tr[plain]), verbose=0), y_tr[plain])[1]
+
+    return _rows(fitted), unfrozen, ft_loss, ft_acc, train_accuracy
+
+
+def _rows(fitted) -> list[dict[str, float]]:
+    return [{k: float(v[i]) for k, v in fitted.history.items()} for i in range(len(fitted.history["loss"]))]
 
 
 def _log_model(model_path: Path, ctx: StageContext) -> None:

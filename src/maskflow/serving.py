@@ -86,6 +86,7 @@ def _to_bytes(value: Any, max_bytes: int) -> bytes:
 
 class MaskDetectionModel(mlflow.pyfunc.PythonModel):
     """Detect faces and classify masks. Artifacts: ``keras_model`` (the classifier, .keras),
+    ``tflite_model`` (the same, compiled: what detection runs; absent before 2026-12),
     ``meta`` (JSON: classes, input_size, detector settings, limits) and, with
     ``detector.backend=facedet``, ``face_detector`` (the trained detector, .keras); with
     a pretrained finder, ``finder_<i>`` (its ONNX files, checked by sha256 at load)."""
@@ -103,6 +104,8 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
         self.max_pixels: int = int(meta.get("max_pixels", MAX_PIXELS))
         self.max_bytes: int = int(meta.get("max_image_bytes", MAX_IMAGE_BYTES))
         self.model = keras.models.load_model(context.artifacts["keras_model"], compile=False)
+        # The classifier compiled to TFLite, as evaluated (versions registered before it: Keras).
+        self.tflite_path: str | None = context.artifacts.get("tflite_model")
         face_path = context.artifacts.get("face_detector")
         self.face_model = None
         if face_path:
@@ -120,7 +123,7 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
         from maskflow.detection.settings import DetectorSettings
 
         # Versions pickled before an attribute existed load without it: getattr gives its default.
-        return MaskModel(Classifier(self.model, self.classes, self.input_size),
+        return MaskModel(Classifier(self.model, self.classes, self.input_size, getattr(self, "tflite_path", None)),
                          DetectorSettings.from_stored(getattr(self, "detector_settings", None)),
                          getattr(self, "face_model", None), list(getattr(self, "face_classes", ())),
                          list(getattr(self, "finder_dirs", ())))
@@ -184,7 +187,7 @@ PYFUNC_API = 3
 
 
 def log_pyfunc(keras_model: Path, meta: dict, meta_path: Path, example_images: Sequence[Path], face_model: Path | None = None,
-               finder_files: Sequence[Path] = ()):
+               finder_files: Sequence[Path] = (), tflite: Path | None = None):
     """Log the pyfunc model (with signature, input example and this package's code) to
     the active MLflow run; returns MLflow's ModelInfo."""
 
@@ -193,6 +196,8 @@ def log_pyfunc(keras_model: Path, meta: dict, meta_path: Path, example_images: S
     artifacts = {"keras_model": str(keras_model), "meta": str(meta_path)}
     if face_model is not None:
         artifacts["face_detector"] = str(face_model)
+    if tflite is not None:
+        artifacts["tflite_model"] = str(tflite)
     for i, path in enumerate(finder_files):
         artifacts[f"finder_{i}"] = str(path)
     return mlflow.pyfunc.log_model(
