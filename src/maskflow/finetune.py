@@ -212,6 +212,12 @@ def _compile(cfg, model: keras.Model, hp: dict[str, Any]) -> None:
                   metrics=["accuracy"])
 
 
+def _callbacks(train, work: Path) -> list[keras.callbacks.Callback]:
+    """Early stopping on val_loss (best epoch restored) and resumable checkpoints in the cache."""
+    return [keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(train.patience), restore_best_weights=True),
+            keras.callbacks.BackupAndRestore(str(work / "backup"), delete_checkpoint=True)]
+
+
 def _class_weights(hp: dict[str, Any], y: np.ndarray, n_classes: int) -> dict[int, float] | None:
     return balanced_class_weights(y, n_classes) if hp.get("class_weighting") else None
 
@@ -225,11 +231,9 @@ def _fit_on_images(cfg, model, backbone, tuned: TunedHead, prepared: PreparedDat
     with strategy.scope():
         unfrozen = unfreeze_top(backbone, int(cfg.model.finetune_layers))
         _compile(cfg, model, hp)
-    callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(train.patience), restore_best_weights=True),
-        keras.callbacks.BackupAndRestore(str(work / "backup"), delete_checkpoint=True),
-        keras.callbacks.ModelCheckpoint(str(work / "best.weights.h5"), monitor="val_loss", save_best_only=True, save_weights_only=True),
-    ]
+    callbacks = [*_callbacks(train, work),
+                 keras.callbacks.ModelCheckpoint(str(work / "best.weights.h5"), monitor="val_loss", save_best_only=True,
+                                                 save_weights_only=True)]
     batch = int(train.batch_size) * strategy.num_replicas_in_sync
     ds_tr = image_dataset(paths_tr, size, batch, y_tr, n_classes, shuffle=True, seed=int(cfg.seed))
     ds_va = image_dataset(paths_va, size, int(cfg.evaluate.batch_size), y_va, n_classes)
@@ -267,10 +271,7 @@ def _fit_on_features(cfg, model, backbone, tuned: TunedHead, prepared: PreparedD
         cast = (lambda x: tf.cast(x, tf.float32)) if y is None else (lambda x, t: (tf.cast(x, tf.float32), t))
         return ds.batch(batch if shuffle else 256).map(cast).prefetch(2)
 
-    callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(train.patience), restore_best_weights=True),
-        keras.callbacks.BackupAndRestore(str(work / "backup"), delete_checkpoint=True),
-    ]
+    callbacks = _callbacks(train, work)
     fitted = top.fit(batches(f_tr, y_tr, shuffle=True), validation_data=batches(f_va, y_va), epochs=int(train.epochs),
                      callbacks=callbacks, steps_per_epoch=train.get("steps_per_epoch") or None,
                      class_weight=_class_weights(hp, y_tr, n_classes), verbose=2)
