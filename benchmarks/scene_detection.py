@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--splits", nargs="*", default=["val", "test"], help="none: speed and close-ups only")
     parser.add_argument("--closeups", type=int, default=610, help="close-up test photos (0: skip)")
     parser.add_argument("--frames", type=int, default=150, help="640x480 video frames (0: skip speed)")
+    parser.add_argument("--long-side", type=int, default=None,
+                        help="the finders' video long side (480: YuNet's real-time setting); default: the model's")
     parser.add_argument("--out", type=Path, default=None, help="also write each row as JSON lines here")
     parser.add_argument("--keras", type=Path, default=None,
                         help="a classifier .keras file (e.g. a finetune cache entry) instead of --model, with conf/detect's "
@@ -108,6 +110,8 @@ def main() -> None:
     out = open(args.out, "a", encoding="utf-8") if args.out else None
     for finder in args.finders:
         settings = replace(stored, backend=finder, labels="classifier")
+        if args.long_side and finder in settings.finders:
+            settings = replace(settings, finders={**settings.finders, finder: {**settings.finders[finder], "long_side": args.long_side}})
         if finder == "mtcnn":
             settings = replace(settings, min_confidence=DetectorSettings().min_confidence)  # conf/detect/mtcnn.yaml
         detector = build_detector(settings, classifier)

@@ -62,6 +62,25 @@ def test_defaults_point_at_the_shared_folder_and_project_store(tmp_path):
     assert cfg.model.feature_layer == "block_12_add"
 
 
+def test_the_run_time_stills_setting_does_not_move_the_training_crops(tmp_path):
+    # Prepare cuts scene faces around the finder's boxes with the data set's own stills
+    # pass: a faster run-time detect setting must not change the training data (and model).
+    from omegaconf import open_dict
+
+    from maskflow.prepare import _finder_spec
+
+    def crop_spec(overrides):
+        cfg = compose(tmp_path, ["data=mask-union", *overrides])
+        with open_dict(cfg):
+            cfg.data = cfg.data.parts.scenes
+        return _finder_spec(cfg)
+
+    pinned = crop_spec([])
+    assert pinned["name"] == "yunet" and pinned["settings"]["still_long_side"] == 1280
+    assert crop_spec(["detect.finders.yunet.still_long_side=640"]) == pinned
+    assert crop_spec(["data.parts.scenes.finder_boxes_still_long_side=640"])["settings"]["still_long_side"] == 640
+
+
 def test_joblib_launcher_composes(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     from hydra import compose as hydra_compose

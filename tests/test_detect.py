@@ -89,3 +89,30 @@ def test_classifier_through_tflite_gives_the_keras_probabilities_for_any_number_
     crops = list(np.random.default_rng(0).uniform(0, 255, (7, 32, 32, 3)).astype("float32"))
     for faces in (crops, crops[:1], crops[:3], []):
         np.testing.assert_allclose(lite_run(faces), keras_run(faces), atol=1e-5)
+
+
+def test_an_unsure_face_stands_for_every_class_above_runner_up_ranked_below_its_label():
+    # A real 3-class model whose output is a fixed distribution (zero kernel, log-prior bias).
+    import keras
+
+    from maskflow.detect import Detector
+    from maskflow.detection import Face
+
+    probs = np.array([0.05, 0.8, 0.15], np.float32)
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Dense(3, activation="softmax", kernel_initializer="zeros",
+                                 bias_initializer=keras.initializers.Constant(np.log(probs)))(keras.layers.Flatten()(inputs))
+    classes = ["mask_weared_incorrect", "with_mask", "without_mask"]
+    classifier = Classifier(keras.Model(inputs, outputs), classes, 32)
+    frame = Frame("still.jpg", 0, np.full((64, 64, 3), 100, np.uint8), False)
+    faces = [Face((8, 8, 30, 30), 0.9)]
+
+    def records(runner_up):
+        return Detector(classifier, None, DetectorSettings(runner_up=runner_up)).label(frame, faces)
+
+    every = records(0.01)
+    assert [r["label"] for r in every] == ["with_mask", "without_mask", "mask_weared_incorrect"]
+    np.testing.assert_allclose([r["score"] for r in every], [0.8, 0.15, 0.05], atol=1e-5)
+    assert len({tuple(r["box"]) for r in every}) == 1  # one face, one box
+    assert [r["label"] for r in records(0.1)] == ["with_mask", "without_mask"]
+    assert [r["label"] for r in records(None)] == ["with_mask"]

@@ -51,6 +51,20 @@ def test_score_scenes_counts_missed_and_spurious():
     assert 0.0 <= m["scenes_map50"] <= 1.0
 
 
+def test_a_face_with_a_record_per_class_counts_once_for_detection_and_in_each_class_ap():
+    truths = [("with_mask", (0, 0, 20, 20)), ("mask_weared_incorrect", (100, 100, 20, 20))]
+    preds = [_face((1, 1, 20, 20), "with_mask", 0.9), _face((1, 1, 20, 20), "mask_weared_incorrect", 0.1),
+             _face((101, 99, 20, 20), "with_mask", 0.7), _face((101, 99, 20, 20), "mask_weared_incorrect", 0.3)]
+    m = score_scenes([(preds, truths)], ["mask_weared_incorrect", "with_mask"])["metrics"]
+    assert m["scenes_det_precision"] == pytest.approx(1.0) and m["scenes_det_recall"] == pytest.approx(1.0)
+    assert m["scenes_cls_accuracy"] == pytest.approx(0.5)  # the second face's top label is wrong
+    # Its lower-ranked record still finds the rare class: ranked first of its class, a hit.
+    assert m["scenes_ap50_mask_weared_incorrect"] == pytest.approx(1.0)
+    assert m["scenes_ap50_with_mask"] == pytest.approx(1.0)
+    alone = score_scenes([([p for p in preds if p["score"] >= 0.5], truths)], ["mask_weared_incorrect", "with_mask"])
+    assert alone["metrics"]["scenes_ap50_mask_weared_incorrect"] == 0.0
+
+
 def test_headroom_separates_finding_faces_from_labelling_them():
     truths = [("with_mask", (0, 0, 20, 20)), ("without_mask", (100, 100, 20, 20)), ("with_mask", (200, 0, 20, 20))]
     # Every face found, two of three labelled wrong, one box loose (IoU 0.36).

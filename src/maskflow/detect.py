@@ -244,7 +244,7 @@ class Detector:
         self.margin = settings.margin
         self.box_calibration = dict(box_calibration) if box_calibration else None
         self.detect_every = max(1, detect_every)
-        self.runner_up = float(settings.runner_up) if settings.runner_up else None  # min probability of a 2nd record
+        self.runner_up = float(settings.runner_up) if settings.runner_up else None  # min probability of a further class's record
         self._last_found: tuple[str, int] | None = None  # (source, frame) of the last detection
         self._last_labels: list[dict] = []  # records of the last labelled detection
 
@@ -299,12 +299,13 @@ class Detector:
             out.append({"box": [int(v) for v in box], "label": classes[k], "score": round(float(p[k]), 6),
                         "detector_score": round(float(face.score), 6)})
             if self.runner_up and self.labels != "detector" and not self.faces_only:
-                # An unsure face also stands for its second most likely class, ranked lower
-                # (score = that class's probability): as facedet's per-class peaks, so a rare
-                # class the classifier half-sees still ranks in its own AP.
-                second = int(np.argsort(p)[-2]) if len(p) > 1 else k
-                if second != k and p[second] >= self.runner_up:
-                    out.append({**out[-1], "label": classes[second], "score": round(float(p[second]), 6)})
+                # An unsure face also stands for each less likely class, ranked lower (score =
+                # that class's probability), as facedet's per-class peaks and as detectors are
+                # scored for mAP: a rare class the classifier half-sees still ranks in its own AP.
+                top = out[-1]
+                for other in np.argsort(-p)[1:]:
+                    if p[other] >= self.runner_up:
+                        out.append({**top, "label": classes[int(other)], "score": round(float(p[other]), 6)})
         self._last_labels = out
         return out
 
@@ -370,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         # Progress on a terminal only: the JSON lines and the summary stay clean in pipes.
         for frame, faces in tqdm(labelled, desc="detect", unit="frame", disable=None, leave=False):
             frames += 1
-            faces_total += len(faces)
+            faces_total += len({(tuple(f["box"]), f["detector_score"]) for f in faces})  # a face's per-class records once
             if jsonl:
                 jsonl.write(json.dumps({"source": frame.source, "frame": frame.index, "faces": faces}) + "\n")
             if args.out or show:
@@ -424,8 +425,8 @@ def add_detector_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-face", type=float, default=None, help="mtcnn: smallest face (px, after downscaling) to look for")
     parser.add_argument("--min-confidence", type=float, default=None, help="face score (detector confidence) to keep a face")
     parser.add_argument("--runner-up", type=float, default=None,
-                        help="classifier labels: a second record with the runner-up class when its probability is at "
-                             "least this (0: never)")
+                        help="classifier labels: a further, lower-ranked record of a face for each other class whose "
+                             "probability is at least this (0: never)")
 
 
 def detector_settings(args: argparse.Namespace, stored: DetectorSettings) -> DetectorSettings:

@@ -4,9 +4,10 @@
 
 DIR holds ``images/`` and ``annotations/`` (PASCAL VOC). By default only its held-out
 (test) split is scored, split exactly as the pipeline splits it. Predicted faces are matched to
-ground-truth boxes at IoU >= 0.5. Reported: detection precision/recall, per-class AP
-(VOC all-point interpolation; a prediction counts for its predicted class, ranked by
-detector score x class score), ``scenes_map50`` (mean over classes present), accuracy of
+ground-truth boxes at IoU >= 0.5. Reported: detection precision/recall (each face once),
+per-class AP (VOC all-point interpolation; each record counts for its class, ranked by
+detector score x class score; a face may carry a record per class, ``detect.runner_up``),
+``scenes_map50`` (mean over classes present), accuracy of
 the classifier over matched faces, a confusion matrix with "missed" and "spurious", and
 the 95% bootstrap interval of ``scenes_map50`` over the images (``--bootstrap``).
 
@@ -82,8 +83,21 @@ def _greedy_match(preds: list[dict], truths: list[tuple[str, tuple]], same_class
     return result
 
 
+def one_per_face(preds: list[dict]) -> list[dict]:
+    """A face's most likely record: a face found once may carry a record per class (same
+    box and finder score, ``detect.runner_up``); detection counts it once."""
+    best: dict[tuple, dict] = {}
+    for p in preds:
+        face = (tuple(p["box"]), p["detector_score"])
+        if face not in best or p["score"] > best[face]["score"]:
+            best[face] = p
+    return list(best.values())
+
+
 def score_scenes(results: list[tuple[list[dict], list[tuple[str, tuple]]]], classes: Sequence[str], min_iou: float = IOU) -> dict:
-    """Metrics from (predictions, ground truths) per image; a match needs IoU >= ``min_iou``."""
+    """Metrics from (predictions, ground truths) per image; a match needs IoU >= ``min_iou``.
+    Per-class AP ranks every record; detection precision/recall, accuracy and the confusion
+    matrix take each face once, with its most likely class (:func:`one_per_face`)."""
     n_pred = n_truth = n_matched = n_correct = 0
     labels = list(classes)
     rows = labels + ["spurious"]
@@ -96,11 +110,12 @@ def score_scenes(results: list[tuple[list[dict], list[tuple[str, tuple]]]], clas
             p["rank_score"] = p["detector_score"] * p["score"]
         truths_known = [(lab, box) for lab, box in truths if lab in labels]
         other_truths += len(truths) - len(truths_known)
-        n_pred += len(preds)
+        faces = one_per_face(preds)
+        n_pred += len(faces)
         n_truth += len(truths_known)
-        any_match = _greedy_match(preds, truths_known, same_class=False, min_iou=min_iou)
+        any_match = _greedy_match(faces, truths_known, same_class=False, min_iou=min_iou)
         matched_truths = set()
-        for p, j in zip(preds, any_match):
+        for p, j in zip(faces, any_match):
             if j is None:
                 cm[rows.index("spurious"), cols.index(p["label"])] += 1
             else:
@@ -140,8 +155,8 @@ def headroom(results: list[tuple[list[dict], list[tuple[str, tuple]]]], classes:
     alone (any class, ranked by detector score) at IoU 0.5 and at a looser 0.3 (boxes found
     but badly placed), and ``scenes_map50`` had each detection that matches a face been
     given that face's true class (the ceiling of better labels on these boxes). Meant for
-    one box per face (``peaks=face``): a face's extra per-class boxes count as duplicates."""
-    known = [([{**p, "score": 1.0} for p in preds], [(lab, box) for lab, box in truths if lab in classes])
+    one box per face (``peaks=face``): the CenterNet's extra per-class boxes count as duplicates."""
+    known = [([{**p, "score": 1.0} for p in one_per_face(preds)], [(lab, box) for lab, box in truths if lab in classes])
              for preds, truths in results]
     faces = [([{**p, "label": "face"} for p in preds], [("face", box) for _, box in truths]) for preds, truths in known]
     relabelled = []

@@ -186,6 +186,10 @@ def _finder_spec(cfg: DictConfig) -> dict[str, Any] | None:
     if not name:
         return None
     settings = OmegaConf.to_container(cfg.detect.finders[str(name)], resolve=True)
+    # The data set pins the stills pass its crops are cut with, so detect's run-time speed
+    # setting does not move the training crops (and retrain the model).
+    if cfg.data.get("finder_boxes_still_long_side", None) is not None:
+        settings["still_long_side"] = int(cfg.data.finder_boxes_still_long_side)
     # Crops are cut around the finder's raw boxes: its calibration and licence note do not change them.
     return {"name": str(name), "settings": {k: v for k, v in settings.items() if k not in ("box_calibration", "licence")}}
 

@@ -35,7 +35,7 @@ class DetectorSettings:
     labels: str = "classifier"  # classifier: crop + classify | detector: facedet's class maps | fuse: mean of both
     min_confidence: float = 0.5  # finder score to keep a face
     margin: float = 0.2  # crop margin; the pipeline sets the one the classifier was trained with
-    # An unsure face also gets a record for its 2nd class when that has at least this
+    # An unsure face also gets a record for each other class that has at least this
     # probability (ranked lower, so a rare class still counts in its AP); None: never.
     runner_up: Optional[float] = None
     # Finder boxes -> the annotations' box convention (centre shift, scale); None: raw boxes.
