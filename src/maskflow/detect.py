@@ -151,6 +151,17 @@ def _report(errors: list[str], source: str, reason: str) -> None:
     print(f"maskflow.detect: skipped {source}: {reason}", file=sys.stderr)
 
 
+def one_per_face(records: list[dict]) -> list[dict]:
+    """Each face's most likely record: a face found once may carry a record per class
+    (same box and finder score, ``detect.runner_up``); counting faces counts it once."""
+    best: dict[tuple, dict] = {}
+    for r in records:
+        face = (tuple(r["box"]), r["detector_score"])
+        if face not in best or r["score"] > best[face]["score"]:
+            best[face] = r
+    return list(best.values())
+
+
 def annotate(rgb: np.ndarray, faces: list[dict], min_score: float = 0.0) -> np.ndarray:
     """Boxes coloured by class with label and score, for faces whose detector score is at
     least ``min_score`` (the JSON lines keep every face, for ranking metrics)."""
@@ -371,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         # Progress on a terminal only: the JSON lines and the summary stay clean in pipes.
         for frame, faces in tqdm(labelled, desc="detect", unit="frame", disable=None, leave=False):
             frames += 1
-            faces_total += len({(tuple(f["box"]), f["detector_score"]) for f in faces})  # a face's per-class records once
+            faces_total += len(one_per_face(faces))
             if jsonl:
                 jsonl.write(json.dumps({"source": frame.source, "frame": frame.index, "faces": faces}) + "\n")
             if args.out or show:

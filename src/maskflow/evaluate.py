@@ -229,7 +229,7 @@ def load_model(path: Path):
 
 # Bump when what the stage computes changes, so cached evaluations are not reused.
 EVALUATE_VERSION = 5  # 3: per-part test metrics, any finder on close-ups (xtest_<set>_detect_*); 4: detection's classifier
-# through TFLite; 5: scene detection precision and accuracy count each face once (evaluate_scenes.one_per_face)
+# through TFLite; 5: scene detection precision and accuracy count each face once (detect.one_per_face)
 
 
 def run(cfg: DictConfig, ctx: StageContext) -> Evaluation:

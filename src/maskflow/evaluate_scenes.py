@@ -38,7 +38,7 @@ from tqdm import tqdm
 from maskflow.config import CONF_DIR, register_configs
 from maskflow.contracts import StageContext
 from maskflow.data import read_manifest, voc_items
-from maskflow.detect import MaskModel, add_detector_args, build_detector, detector_settings
+from maskflow.detect import MaskModel, add_detector_args, build_detector, detector_settings, one_per_face
 from maskflow.detection.boxes import iou
 from maskflow.imageio import DecodeError, Frame, read_image
 from maskflow.prepare import run as prepare_run
@@ -83,21 +83,10 @@ def _greedy_match(preds: list[dict], truths: list[tuple[str, tuple]], same_class
     return result
 
 
-def one_per_face(preds: list[dict]) -> list[dict]:
-    """A face's most likely record: a face found once may carry a record per class (same
-    box and finder score, ``detect.runner_up``); detection counts it once."""
-    best: dict[tuple, dict] = {}
-    for p in preds:
-        face = (tuple(p["box"]), p["detector_score"])
-        if face not in best or p["score"] > best[face]["score"]:
-            best[face] = p
-    return list(best.values())
-
-
 def score_scenes(results: list[tuple[list[dict], list[tuple[str, tuple]]]], classes: Sequence[str], min_iou: float = IOU) -> dict:
     """Metrics from (predictions, ground truths) per image; a match needs IoU >= ``min_iou``.
     Per-class AP ranks every record; detection precision/recall, accuracy and the confusion
-    matrix take each face once, with its most likely class (:func:`one_per_face`)."""
+    matrix take each face once, with its most likely class (:func:`maskflow.detect.one_per_face`)."""
     n_pred = n_truth = n_matched = n_correct = 0
     labels = list(classes)
     rows = labels + ["spurious"]
