@@ -95,3 +95,21 @@ def test_without_a_tiebreak_a_tie_keeps_the_champion(registry):
     v3 = add(0.99)  # no tiebreak tag to compare: the champion stays
     assert decide(client, "m", v3, "test_accuracy", tiebreak="scenes_map50")[0] == "challenger"
     assert str(client.get_model_version_by_alias("m", "champion").version) == v1
+
+
+def test_a_winner_that_detects_worse_stays_challenger(registry):
+    # Measured: scene-only fine-tuning epochs raised test crop accuracy (0.9585 -> 0.9663)
+    # and lowered test scenes_map50 (0.642 -> 0.610); the detect CLI would have got it.
+    client, add = registry
+    v1 = add(0.9585, scenes_map50="0.6415")
+    decide(client, "m", v1, "test_accuracy", guard="scenes_map50")
+    alias, reason = decide(client, "m", add(0.9663, scenes_map50="0.6103"), "test_accuracy", guard="scenes_map50")
+    assert alias == "challenger" and "scenes_map50 0.6103 falls below" in reason
+    v3 = add(0.9663, scenes_map50="0.6103")  # without the guard it would have won
+    assert decide(client, "m", v3, "test_accuracy")[0] == "champion"
+    v4 = add(0.97, scenes_map50="0.6103")  # equal on the guard: no worse, so it wins
+    assert decide(client, "m", v4, "test_accuracy", guard="scenes_map50")[0] == "champion"
+    v5 = add(0.98, scenes_map50="0.20", scenes_images="20")  # other scenes: the guard cannot compare, metric decides
+    assert decide(client, "m", v5, "test_accuracy", guard="scenes_map50")[0] == "champion"
+    v6 = add(0.99)  # no guard tag: the metric decides
+    assert decide(client, "m", v6, "test_accuracy", guard="scenes_map50")[0] == "champion"

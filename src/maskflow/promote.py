@@ -4,7 +4,10 @@ The new version becomes ``champion`` when there is none, or when it beats the cu
 champion on ``export.promote_metric`` measured on the same test split (same data
 digest). On a tie (the same cached classifier registered with a retrained detector
 scores the same ``test_accuracy``) ``export.promote_tiebreak`` decides, when both
-versions carry it. Otherwise it gets ``challenger``. Re-running changes nothing
+versions carry it. A version that wins so but falls below the champion on
+``export.promote_guard`` (``scenes_map50``: the detector users run) stays ``challenger``:
+a better crop classifier must not quietly make the detect CLI and serving worse.
+Otherwise it gets ``challenger``. Re-running changes nothing
 (idempotent), and every decision is logged to MLflow.
 
 Also a command: ``python -m maskflow.promote --name maskflow --version 7``.
@@ -27,9 +30,12 @@ from maskflow.contracts import Exported, StageContext
 log = logging.getLogger(__name__)
 
 
-def decide(client, name: str, version: str, metric: str, mode: str = "max", tiebreak: str | None = None) -> tuple[str, str]:
+def decide(client, name: str, version: str, metric: str, mode: str = "max", tiebreak: str | None = None,
+           guard: str | None = None) -> tuple[str, str]:
     """Set ``champion`` or ``challenger`` on ``name``/``version``; return (alias, reason).
-    ``tiebreak``: a tag (higher is better) that decides when ``metric`` ties."""
+    ``tiebreak``: a tag (higher is better) that decides when ``metric`` ties. ``guard``: a
+    tag (higher is better) the new version must not fall below the champion's on, when
+    both carry it (and, for ``scenes_*`` tags, were scored on the same scenes)."""
     candidate = client.get_model_version(name, version)
     try:
         champion = client.get_model_version_by_alias(name, "champion")
@@ -51,9 +57,7 @@ def decide(client, name: str, version: str, metric: str, mode: str = "max", tieb
         same_split = champion.tags.get("data_digest") == candidate.tags.get("data_digest")
         better = old_score is not None and (float(new_score) > float(old_score) if mode == "max" else float(new_score) < float(old_score))
         tied = old_score is not None and float(new_score) == float(old_score)
-        new_tb, old_tb = (candidate.tags.get(tiebreak), champion.tags.get(tiebreak)) if tiebreak else (None, None)
-        if tiebreak and tiebreak.startswith("scenes_") and not _same_scenes(champion.tags, candidate.tags):
-            new_tb = old_tb = None  # scored on other scenes (evaluate.scenes.data/split/limit): not comparable
+        new_tb, old_tb = _comparable(tiebreak, candidate.tags, champion.tags)
         if not same_split:
             alias, reason = "challenger", f"champion v{champion.version} was scored on another test split"
         elif better:
@@ -63,13 +67,22 @@ def decide(client, name: str, version: str, metric: str, mode: str = "max", tieb
                                          f"beats its {float(old_tb):.4f}")
         else:
             alias, reason = "challenger", f"{metric} {float(new_score):.4f} does not beat champion v{champion.version} ({old_score})"
+        new_g, old_g = _comparable(guard, candidate.tags, champion.tags)
+        if alias == "champion" and new_g is not None and old_g is not None and float(new_g) < float(old_g):
+            alias, reason = "challenger", (f"{reason}, but {guard} {float(new_g):.4f} falls below the champion's "
+                                           f"{float(old_g):.4f}")
     client.set_registered_model_alias(name, alias, version)
     log.info("promote: %s v%s -> %s (%s)", name, version, alias, reason)
     return alias, reason
 
 
-def _same_scenes(champion: dict, candidate: dict) -> bool:
-    return all(champion.get(k) == candidate.get(k) for k in ("scenes_images", "scenes_faces"))
+def _comparable(tag: str | None, candidate: dict, champion: dict) -> tuple[str | None, str | None]:
+    """(candidate's, champion's) value of ``tag``; both None when it is unset, or a
+    ``scenes_*`` tag scored on other scenes (evaluate.scenes.data/split/limit)."""
+    if not tag or (tag.startswith("scenes_") and
+                   any(champion.get(k) != candidate.get(k) for k in ("scenes_images", "scenes_faces"))):
+        return None, None
+    return candidate.get(tag), champion.get(tag)
 
 
 def _same_model_newer_contract(champion: dict, candidate: dict) -> bool:
@@ -84,9 +97,10 @@ def run(cfg: DictConfig, ctx: StageContext) -> Exported:
     exported: Exported = ctx.need("export")
     if not exported.version:
         raise RuntimeError("promote needs a registered model version (run export with MLflow tracking)")
-    tiebreak = cfg.export.get("promote_tiebreak")
+    tiebreak, guard = cfg.export.get("promote_tiebreak"), cfg.export.get("promote_guard")
     alias, reason = decide(MlflowClient(), exported.registered_model, exported.version,
-                           str(cfg.export.promote_metric), str(cfg.export.promote_mode), str(tiebreak) if tiebreak else None)
+                           str(cfg.export.promote_metric), str(cfg.export.promote_mode), str(tiebreak) if tiebreak else None,
+                           str(guard) if guard else None)
     if mlflow.active_run() is not None:
         mlflow.set_tags({"promote_alias": alias, "promote_reason": reason})
     return replace(exported, alias=alias)
@@ -99,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metric", default="test_accuracy", help="tag compared against the champion")
     parser.add_argument("--mode", choices=("max", "min"), default="max")
     parser.add_argument("--tiebreak", default="scenes_map50", help="tag (higher is better) deciding a tie; '' for none")
+    parser.add_argument("--guard", default="scenes_map50", help="tag (higher is better) it must not fall below the champion on; '' for none")
     parser.add_argument("--tracking-uri", default=None, help="default: the project's sqlite store")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -106,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(args.tracking_uri or f"sqlite:///{PROJECT_ROOT}/mlflow.db")
-    alias, reason = decide(MlflowClient(), args.name, args.version, args.metric, args.mode, args.tiebreak or None)
+    alias, reason = decide(MlflowClient(), args.name, args.version, args.metric, args.mode, args.tiebreak or None, args.guard or None)
     print(f"{args.name} v{args.version}: {alias} ({reason})")
 
 
