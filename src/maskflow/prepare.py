@@ -511,6 +511,21 @@ def _sample_grid(kept, classes, path: Path, per_class: int = 8) -> None:
     plt.close(fig)
 
 
+def _log_input(dataset, context: str) -> None:
+    """``mlflow.log_input``, once more if another job of a parallel multirun (``launcher=joblib``,
+    one store) inserted the same dataset between MLflow's lookup and its insert: sqlite then
+    refuses the second row (UNIQUE constraint), and the retry finds the first and links it."""
+    import mlflow
+
+    try:
+        mlflow.log_input(dataset, context=context)
+    except mlflow.exceptions.MlflowException as exc:
+        if "UNIQUE constraint failed" not in str(exc):
+            raise
+        log.info("prepare: dataset %s was logged by a parallel job at the same moment; linking that one", dataset.name)
+        mlflow.log_input(dataset, context=context)
+
+
 def _log_mlflow(cfg: DictConfig, out_dir: Path, manifest: Path, report: dict[str, Any], name: str) -> None:
     import mlflow
 
@@ -520,7 +535,7 @@ def _log_mlflow(cfg: DictConfig, out_dir: Path, manifest: Path, report: dict[str
 
     frame = pd.read_csv(manifest, keep_default_na=False)
     dataset = mlflow.data.from_pandas(frame, source=str(cfg.data.root), name=cfg.data.name, targets="label")
-    mlflow.log_input(dataset, context="training" if name == "prepare" else "evaluation")
+    _log_input(dataset, context="training" if name == "prepare" else "evaluation")
     if name == "prepare":
         mlflow.log_params({"data_digest": report["digest"], "data_name": cfg.data.name, "data_classes": ",".join(report["classes"])})
     metrics = {
