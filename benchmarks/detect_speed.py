@@ -140,7 +140,8 @@ def main() -> None:
     video, video_truths = scene_video(held_out, (640, 480), args.frames)
     video_720, _ = scene_video(held_out, (1280, 720), args.frames)
     mixed = [read_image(p).rgb for p, _ in held_out[:40]]
-    stored = classifier.settings  # conf/detect, as registered with the model
+    # conf/detect, as registered with the model; every candidate kept, since mAP is scored here
+    stored = replace(classifier.settings, operating_point=None)
     mtcnn = replace(stored, backend="mtcnn", labels="classifier", min_confidence=DetectorSettings().min_confidence)
     mtcnn_fast = replace(mtcnn, max_side=480, min_face=20)
     side = lambda n: replace(stored, long_side=n)  # noqa: E731
@@ -166,7 +167,7 @@ def main() -> None:
         v1, predictions = run_frames(detector, video, True, pipeline)
         v2, _ = run_frames(detector, video_720, True, pipeline)
         im, _ = run_frames(detector, mixed, False, pipeline)
-        on_video = score_scenes(list(zip(predictions, video_truths)), detector.classes)["metrics"]
+        on_video = score_scenes(list(zip(predictions, video_truths)), detector.classes, runner_up=detector.runner_up)["metrics"]
         key = (repr(chosen), compiled)  # detecting every k-th frame changes nothing on stills
         if key not in stills_by_setting:
             stills_by_setting[key] = run_scenes(detector_for_stills(classifier, chosen, compiled), held_out)["metrics"]

@@ -91,28 +91,81 @@ def test_classifier_through_tflite_gives_the_keras_probabilities_for_any_number_
         np.testing.assert_allclose(lite_run(faces), keras_run(faces), atol=1e-5)
 
 
-def test_an_unsure_face_stands_for_every_class_above_runner_up_ranked_below_its_label():
-    # A real 3-class model whose output is a fixed distribution (zero kernel, log-prior bias).
+def _fixed_classifier(probs):
+    """A real 3-class model whose output is a fixed distribution (zero kernel, log-prior bias)."""
     import keras
 
-    from maskflow.detect import Detector
-    from maskflow.detection import Face
-
-    probs = np.array([0.05, 0.8, 0.15], np.float32)
     inputs = keras.Input((32, 32, 3))
     outputs = keras.layers.Dense(3, activation="softmax", kernel_initializer="zeros",
                                  bias_initializer=keras.initializers.Constant(np.log(probs)))(keras.layers.Flatten()(inputs))
-    classes = ["mask_weared_incorrect", "with_mask", "without_mask"]
-    classifier = Classifier(keras.Model(inputs, outputs), classes, 32)
+    return Classifier(keras.Model(inputs, outputs), ["mask_weared_incorrect", "with_mask", "without_mask"], 32)
+
+
+def test_each_face_is_one_record_with_every_class_probability_and_scoring_ranks_the_others_lower():
+    from maskflow.detect import Detector
+    from maskflow.detection import Face
+    from maskflow.evaluate_scenes import class_records
+
+    classifier = _fixed_classifier(np.array([0.05, 0.8, 0.15], np.float32))
     frame = Frame("still.jpg", 0, np.full((64, 64, 3), 100, np.uint8), False)
-    faces = [Face((8, 8, 30, 30), 0.9)]
-
-    def records(runner_up):
-        return Detector(classifier, None, DetectorSettings(runner_up=runner_up)).label(frame, faces)
-
-    every = records(0.01)
+    faces = [Face((8, 8, 30, 30), 0.9), Face((30, 30, 30, 30), 0.6)]
+    records = Detector(classifier, None, DetectorSettings(runner_up=0.01)).label(frame, faces)
+    assert len(records) == 2  # what a reader gets: one record per face, whatever runner_up says
+    first = records[0]
+    assert first["label"] == "with_mask" and set(first["probs"]) == set(classifier.classes)
+    np.testing.assert_allclose([first["probs"][c] for c in classifier.classes], [0.05, 0.8, 0.15], atol=1e-5)
+    # mAP still counts an unsure face for every class at >= runner_up, ranked below its label.
+    every = class_records(records[:1], 0.01)
     assert [r["label"] for r in every] == ["with_mask", "without_mask", "mask_weared_incorrect"]
     np.testing.assert_allclose([r["score"] for r in every], [0.8, 0.15, 0.05], atol=1e-5)
-    assert len({tuple(r["box"]) for r in every}) == 1  # one face, one box
-    assert [r["label"] for r in records(0.1)] == ["with_mask", "without_mask"]
-    assert [r["label"] for r in records(None)] == ["with_mask"]
+    assert [r["label"] for r in class_records(records[:1], 0.1)] == ["with_mask", "without_mask"]
+    assert [r["label"] for r in class_records(records[:1], None)] == ["with_mask"]
+
+
+def test_the_operating_point_keeps_faces_ranked_at_or_above_it_and_faces_only_keeps_every_crop():
+    from maskflow.detect import Detector, rank_score
+    from maskflow.detection import Face
+
+    classifier = _fixed_classifier(np.array([0.05, 0.8, 0.15], np.float32))
+    frame = Frame("still.jpg", 0, np.full((64, 64, 3), 100, np.uint8), False)
+    faces = [Face((8, 8, 30, 30), 0.9), Face((30, 30, 30, 30), 0.6)]  # ranked 0.72 and 0.48
+    every = Detector(classifier, None, DetectorSettings()).label(frame, faces)
+    assert [round(rank_score(r), 2) for r in every] == [0.72, 0.48]
+    at = Detector(classifier, None, DetectorSettings(operating_point=0.5))
+    assert at.label(frame, faces) == every  # the ranked list keeps every candidate ...
+    assert at.report(at.label(frame, faces)) == every[:1]  # ... what is reported is at the operating point
+    lower = Detector(classifier, None, DetectorSettings(operating_point=0.48))
+    assert lower.report(lower.label(frame, faces)) == every
+    # A face crop is a face: --faces-only reports it at any operating point.
+    crop = Detector(classifier, None, DetectorSettings(operating_point=0.99), faces_only=True)
+    assert len(crop(frame)) == 1
+
+
+def test_the_command_line_sets_or_lifts_the_stored_operating_point():
+    import argparse
+
+    from maskflow.detect import add_detector_args, detector_settings
+
+    parser = argparse.ArgumentParser()
+    add_detector_args(parser)
+    stored = DetectorSettings(operating_point=0.6)
+    assert detector_settings(parser.parse_args([]), stored).operating_point == 0.6
+    assert detector_settings(parser.parse_args(["--min-score", "0.3"]), stored).operating_point == 0.3
+    assert detector_settings(parser.parse_args(["--all"]), stored).operating_point is None
+
+
+def test_counts_name_every_class_per_image_and_say_a_video_is_counted_per_frame():
+    from maskflow.detect import Tally, class_counts
+
+    classes = ["with_mask", "without_mask"]
+    assert class_counts([{"label": "with_mask"}] * 2, classes) == {"with_mask": 2, "without_mask": 0}
+    tally = Tally(classes)
+    assert tally.add(Frame("a.jpg", 0, None, False), {"with_mask": 2, "without_mask": 1}) == [
+        "a.jpg: 3 faces: with_mask 2, without_mask 1"]
+    assert tally.add(Frame("v.mp4", 0, None, True), {"with_mask": 1, "without_mask": 0}) == []
+    assert tally.add(Frame("v.mp4", 1, None, True), {"with_mask": 3, "without_mask": 1}) == []
+    lines = tally.add(Frame("b.jpg", 0, None, False), {"with_mask": 0, "without_mask": 0})
+    assert lines[0] == ("v.mp4: video, 2 frames; faces per frame (each frame counted, not people): "
+                        "with_mask mean 2.00 max 3, without_mask mean 0.50 max 1")
+    assert lines[1] == "b.jpg: 0 faces: with_mask 0, without_mask 0"
+    assert tally.close() == []

@@ -57,11 +57,54 @@ def yunet_model(tmp_path_factory):
     return uri
 
 
-def _detect(uri: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+def _detect(uri: str, *args: str, cwd: Path, model: str = "models:/m/1") -> subprocess.CompletedProcess:
     # No ../shared weights at run time: the finder must come from the model itself.
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MASKFLOW_FACE_WEIGHTS_DIR": str(cwd / "no-weights-here")}
-    return subprocess.run([sys.executable, "-m", "maskflow.detect", *args, "--model", "models:/m/1", "--tracking-uri", uri],
+    return subprocess.run([sys.executable, "-m", "maskflow.detect", *args, "--model", model, "--tracking-uri", uri],
                           capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
+
+
+@needs_shared
+def test_detect_reports_one_record_per_face_at_the_stored_operating_point(yunet_model, tmp_path):
+    import mlflow
+    from omegaconf import OmegaConf
+
+    from maskflow import serving
+    from maskflow.export import _finder_files, register_pyfunc
+
+    scene = SCENES / "images" / "maksssksksss0.jpg"
+
+    def faces(*args: str, model: str = "models:/m/1") -> tuple[list[dict], subprocess.CompletedProcess]:
+        jsonl = tmp_path / f"{len(list(tmp_path.glob('*.jsonl')))}.jsonl"
+        proc = _detect(yunet_model, str(scene), "--jsonl", str(jsonl), *args, cwd=tmp_path, model=model)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        (record,) = [json.loads(line) for line in jsonl.read_text().splitlines()]
+        assert record["counts"] == {c: sum(f["label"] == c for f in record["faces"]) for c in ("with_mask", "without_mask")}
+        return record["faces"], proc
+
+    every, _ = faces()  # version 1 stores no operating point: every candidate
+    assert len(every) >= 3 and len({tuple(f["box"]) for f in every}) == len(every)  # one record per face
+    assert all(set(f["probs"]) == {"with_mask", "without_mask"} and f["probs"][f["label"]] == f["score"] for f in every)
+    ranks = sorted(f["score"] * f["detector_score"] for f in every)
+    point = ranks[len(ranks) // 2]
+    cfg = compose(tmp_path, ["detect=yunet"])
+    detector = {**OmegaConf.to_container(cfg.detect, resolve=True), "operating_point": point}
+    mlflow.set_tracking_uri(yunet_model)
+    mlflow.set_experiment("t")
+    try:
+        with mlflow.start_run():
+            version = register_pyfunc("m", tiny_keras_model(tmp_path / "m.keras"),
+                                      serving.meta_for(["with_mask", "without_mask"], 32, "tiny", detector),
+                                      tmp_path / "meta.json", [scene], {}, finder_files=_finder_files(cfg))
+    finally:
+        mlflow.set_tracking_uri(None)
+    model = f"models:/m/{version}"
+    chosen, proc = faces(model=model)
+    expected = [f for f in every if f["score"] * f["detector_score"] >= point and not f.get("implausible")]
+    assert chosen == expected and 0 < len(chosen) < len(every)
+    counts = {c: sum(f["label"] == c for f in chosen) for c in ("with_mask", "without_mask")}
+    assert f"{scene}: {len(chosen)} faces: with_mask {counts['with_mask']}, without_mask {counts['without_mask']}" in proc.stdout
+    assert faces("--all", model=model)[0] == every  # the full ranked list, for mAP tools
 
 
 @needs_shared

@@ -116,7 +116,7 @@ def test_small_real_model_learns_and_runs_inside_the_detector():
     detector = build_detector(DetectorSettings(backend="facedet", long_side=128, labels="detector", min_confidence=0.0), classifier)
     assert detector.classes == ["red", "grey"]
     records = detector(Frame("scene.png", 0, items[0][0], False))
-    assert records and all(set(r) == {"box", "label", "score", "detector_score"} for r in records)
+    assert records and all(set(r) == {"box", "label", "score", "detector_score", "probs"} for r in records)
     assert all(r["label"] in ("red", "grey") and 0 <= r["score"] <= 1 and len(r["box"]) == 4 for r in records)
     # labels="classifier": the same boxes, labelled by the crop classifier instead.
     by_crop = build_detector(DetectorSettings(backend="facedet", long_side=128, labels="classifier", min_confidence=0.0), classifier)

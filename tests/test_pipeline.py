@@ -100,7 +100,8 @@ def test_full_pipeline_registers_and_promotes(tmp_path):
     for key in ("test_accuracy", "test_f1_macro", "test_roc_auc", "test_ece", "latency_ms_b1", "throughput_b32",
                 "params_total", "val_accuracy", "train_time_s", "tune_trials", "export_tflite_int8_test_accuracy",
                 "prepare_time_s", "tune_time_s", "finetune_time_s", "evaluate_time_s", "export_time_s",
-                "scenes_map50", "scenes_map50_ci95_low", "xtest_mask_faces_4k_detect_found"):
+                "scenes_map50", "scenes_map50_ci95_low", "xtest_mask_faces_4k_detect_found", "operating_point",
+                "scenes_val_op_f1", "scenes_op_precision", "scenes_op_f1_ci95_low", "scenes_val_map50"):
         assert key in metrics, key
     assert champion.tags["backbone"] == "mobilenet_025"
 
@@ -111,13 +112,15 @@ def test_full_pipeline_registers_and_promotes(tmp_path):
         f"mlflow.set_tracking_uri('sqlite:///{tmp_path}/mlflow.db');"
         "m=mlflow.pyfunc.load_model('models:/maskflow@champion');"
         "crops=m.predict(encode_images(sys.argv[1:]), params={'faces_only': True});"
-        "found=m.predict(encode_images(sys.argv[1:]));"
-        "print(json.dumps([r['faces'][0] for r in crops])); print(json.dumps(found))"
+        "found=m.predict(encode_images(sys.argv[1:]), params={'all': True});"
+        "answer=m.predict(encode_images(sys.argv[1:]));"
+        "op=m.unwrap_python_model().detector_settings.get('operating_point');"
+        "print(json.dumps([r['faces'][0] for r in crops])); print(json.dumps(found)); print(json.dumps([answer, op]))"
     )
     proc = subprocess.run([sys.executable, "-c", script, *map(str, faces)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    records, found = (json.loads(line) for line in proc.stdout.strip().splitlines()[-2:])
+    records, found, (answer, op) = (json.loads(line) for line in proc.stdout.strip().splitlines()[-3:])
     assert len(records) == 4
     assert all(r["label"] in ("with_mask", "without_mask") and 0.5 <= r["score"] <= 1.0 for r in records)
     # Without faces_only the same model finds faces with the registered finder (YuNet, its
@@ -125,6 +128,13 @@ def test_full_pipeline_registers_and_promotes(tmp_path):
     assert [r["source"] for r in found] == [f"row-{i}" for i in range(4)] and all(r["frame"] == 0 for r in found)
     assert sum(len(r["faces"]) for r in found) >= 3
     assert all(f["label"] in ("with_mask", "without_mask") and len(f["box"]) == 4 for r in found for f in r["faces"])
+    # By default the answer is what a reader gets: the faces at the operating point that
+    # evaluate chose on the val scenes and export stored with the model, counted per class.
+    assert op == pytest.approx(metrics["operating_point"]) and 0 < op < 1
+    for every, chosen in zip(found, answer):
+        at_point = [f for f in every["faces"] if f["score"] * f["detector_score"] >= op and not f.get("implausible")]
+        assert chosen["faces"] == at_point
+        assert sum(chosen["counts"].values()) == len(at_point) and set(chosen["counts"]) == {"with_mask", "without_mask"}
     # The scene numbers travel with the version, so promote_metric=scenes_map50 works.
     assert float(champion.tags["scenes_map50"]) == pytest.approx(metrics["scenes_map50"], abs=1e-5)
 
@@ -150,7 +160,7 @@ def test_full_pipeline_registers_and_promotes(tmp_path):
     images = [r for r in lines if not r["source"].endswith(".avi")]
     assert len(images) == 4 and all(r["frame"] == 0 and len(r["faces"]) == 1 for r in images)
     face = images[0]["faces"][0]
-    assert set(face) == {"box", "label", "score", "detector_score"} and len(face["box"]) == 4
+    assert set(face) == {"box", "label", "score", "detector_score", "probs"} and len(face["box"]) == 4
     assert sum(r["source"].endswith(".avi") for r in lines) >= 5  # frames before the break were kept
     outside = time.perf_counter() - started
     assert "corrupt.jpg" in proc.stderr and "frames=" in proc.stderr.splitlines()[-1]

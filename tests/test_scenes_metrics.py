@@ -147,3 +147,58 @@ def test_split_names_split_a_voc_folder_as_the_pipeline_does(tmp_path):
     assert not (names["test"] & names["train"]) and not (names["test"] & names["val"])
     assert set().union(*names.values()) == {p.name for p in (folder / "images").iterdir()}
     assert split_names(folder, "test", overrides=cache) == names["test"]  # deterministic
+
+
+def test_the_operating_point_is_where_box_and_label_together_score_best():
+    from maskflow.evaluate_scenes import at_operating_point, choose_operating_point, face_outcomes, operating_curve
+
+    classes = ["with_mask", "without_mask"]
+    truths = [("with_mask", (0, 0, 20, 20)), ("without_mask", (100, 0, 20, 20)), ("with_mask", (200, 0, 20, 20))]
+    preds = [_face((0, 0, 20, 20), "with_mask", 0.95),  # right, ranked 0.9405
+             _face((100, 0, 20, 20), "with_mask", 0.8),  # the box of a face, the wrong label: not right
+             _face((200, 0, 20, 20), "with_mask", 0.7),  # right
+             _face((400, 400, 20, 20), "without_mask", 0.5),  # no face there
+             _face((300, 300, 20, 20), "without_mask", 0.2)]  # no face there
+    outcomes = face_outcomes([(preds, truths)], classes)
+    assert outcomes[0].right.tolist() == [True, False, True, False, False] and outcomes[0].n_truth == 3
+    curve = operating_curve(outcomes)
+    assert curve["precision"].tolist() == pytest.approx([1.0, 0.5, 2 / 3, 0.5, 0.4])
+    assert curve["recall"].tolist() == pytest.approx([1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3])
+    best = choose_operating_point(outcomes)  # F1 2/3 at the third face: 2 right of 3 reported, 2 of 3 found
+    assert best == pytest.approx(0.7 * 0.99)
+    assert choose_operating_point(outcomes, "precision", 0.9) == pytest.approx(0.95 * 0.99)  # only the first is that precise
+    assert choose_operating_point(outcomes, "precision", 0.6) == pytest.approx(best)  # the most found at >= 0.6
+    at = at_operating_point(outcomes, best)
+    assert (at["precision"], at["recall"], at["f1"]) == pytest.approx((2 / 3, 2 / 3, 2 / 3))
+    assert at["reported"] == 3 and at["false_per_image"] == 1 and at["false_without_mask_per_100"] == 0
+    low = at_operating_point(outcomes, 0.0)  # every candidate: two false faces, both without_mask
+    assert low["false_without_mask_per_100"] == 200 and low["precision"] == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="no face"):
+        choose_operating_point(face_outcomes([([], truths)], classes))
+
+
+def test_operating_point_intervals_bracket_the_point_and_widen_with_uneven_images():
+    from maskflow.evaluate_scenes import at_operating_point, face_outcomes
+
+    classes = ["with_mask", "without_mask"]
+    truths = [("with_mask", (0, 0, 20, 20))]
+    good = ([_face((0, 0, 20, 20), "with_mask")], truths)
+    bad = ([_face((0, 0, 20, 20), "without_mask")], truths)
+    same = at_operating_point(face_outcomes([good] * 6, classes), 0.5, resamples=200)
+    assert same["f1"] == same["f1_ci95_low"] == same["f1_ci95_high"] == 1.0
+    mixed = at_operating_point(face_outcomes([good] * 6 + [bad] * 2, classes), 0.5, resamples=200)
+    assert mixed["f1"] == pytest.approx(0.75) and mixed["f1_ci95_low"] < 0.75 < mixed["f1_ci95_high"]
+
+
+def test_map_from_one_record_per_face_equals_map_from_a_record_per_class():
+    # Files of either shape score the same: probs are expanded for AP as runner_up says.
+    truths = [("with_mask", (0, 0, 20, 20)), ("mask_weared_incorrect", (100, 100, 20, 20))]
+    classes = ["mask_weared_incorrect", "with_mask"]
+    per_face = [{**_face((1, 1, 20, 20), "with_mask", 0.9), "probs": {"with_mask": 0.9, "mask_weared_incorrect": 0.1}},
+                {**_face((101, 99, 20, 20), "with_mask", 0.7), "probs": {"with_mask": 0.7, "mask_weared_incorrect": 0.3}}]
+    per_class = [_face((1, 1, 20, 20), "with_mask", 0.9), _face((1, 1, 20, 20), "mask_weared_incorrect", 0.1),
+                 _face((101, 99, 20, 20), "with_mask", 0.7), _face((101, 99, 20, 20), "mask_weared_incorrect", 0.3)]
+    a = score_scenes([(per_face, truths)], classes, runner_up=0.01)["metrics"]
+    b = score_scenes([(per_class, truths)], classes)["metrics"]
+    assert a == b and a["scenes_ap50_mask_weared_incorrect"] == pytest.approx(1.0)
+    assert score_scenes([(per_face, truths)], classes)["metrics"]["scenes_ap50_mask_weared_incorrect"] == 0.0

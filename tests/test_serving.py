@@ -194,9 +194,17 @@ def test_served_champion_detects_faces_and_refuses_bad_payloads(served, tmp_path
         h, w = cv2.imread(str(path)).shape[:2]
         for face in record["faces"]:
             x, y, bw, bh = face["box"]
-            assert set(face) == {"box", "label", "score", "detector_score"}
+            assert set(face) == {"box", "label", "score", "detector_score", "probs"}
             assert face["label"] in ("with_mask", "without_mask") and 0.5 <= face["score"] <= 1.0
             assert 0 <= x < w and 0 <= y < h and bw > 0 and bh > 0 and face["detector_score"] >= 0.8
+
+    # Each answer counts its faces per class; min_score sets the threshold a request reports at.
+    assert all(r["counts"] == {c: sum(f["label"] == c for f in r["faces"]) for c in ("with_mask", "without_mask")}
+               for r in records)
+    status, strict = post(url, {**rows(images), "params": {"min_score": 0.9}})
+    assert status == 200
+    assert [r["faces"] for r in strict["predictions"]] == [
+        [f for f in r["faces"] if f["score"] * f["detector_score"] >= 0.9] for r in records]
 
     # faces_only: each image is one face, box = the whole image.
     status, body = post(url, {**rows(images[:1]), "params": {"faces_only": True}})

@@ -1,20 +1,25 @@
 """``python -m maskflow.detect SOURCE [SOURCE ...]``: detect faces, classify masks.
 
 SOURCE is an image, a folder of images (recursive), a video file, a camera index or a
-stream URL. With the model's trained detector (``facedet``, the default) one network pass
-over the resized frame finds and labels every face; with ``--backend mtcnn`` MTCNN finds
-faces on a downscaled copy, and their crops (cut exactly as in training) are classified
-in one batch. Boxes are in the original pixels. On video, detection can run every k-th
-frame with the labelled boxes carried over in between (``--detect-every``). Bad inputs
-are reported and skipped; a video that breaks mid-way keeps what was processed.
+stream URL. The model's face finder (YuNet by default) finds faces; their crops (cut
+exactly as in training) are classified in one batch. Boxes are in the original pixels.
+On video, detection can run every k-th frame with the labelled boxes carried over in
+between (``--detect-every``). Bad inputs are reported and skipped; a video that breaks
+mid-way keeps what was processed.
 
-At the end one summary line goes to stderr: frames, faces, wall seconds, frames/s.
+What is reported: one record per face, at the model's operating point (a threshold on
+score x detector_score chosen on the val scenes and stored with the model); ``--min-score``
+sets another, ``--all`` gives every candidate (the ranked list mAP tools want). Each
+record holds ``box``, ``label`` (the most likely class), ``score``, ``detector_score`` and
+``probs`` (every class's probability).
+
+stdout: one line per input with its faces per class (a video: per frame, mean and most).
+stderr: one summary line at the end: frames, faces, wall seconds, frames/s.
 
 Exit codes: 0 every input was read; 1 at least one input could not be read (missing,
 unreadable, not an image, too small, a camera or stream that would not open: each named
 on stderr with its reason, the others still processed and written); 2 bad arguments.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -151,9 +156,32 @@ def _report(errors: list[str], source: str, reason: str) -> None:
     print(f"maskflow.detect: skipped {source}: {reason}", file=sys.stderr)
 
 
+def rank_score(record: Mapping) -> float:
+    """What ranks a face and what the operating point thresholds: the finder's confidence
+    that it is a face times the classifier's confidence in its label."""
+    return float(record["detector_score"]) * float(record["score"])
+
+
+def reported(records: Sequence[dict], min_score: float | None) -> list[dict]:
+    """The records at an operating point: ranking score at least ``min_score``, and not
+    marked ``implausible`` by the finder's landmark check. None: all, the ranked list."""
+    if min_score is None:
+        return list(records)
+    return [r for r in records if rank_score(r) >= min_score and not r.get("implausible")]
+
+
+def class_counts(records: Sequence[Mapping], classes: Sequence[str]) -> dict[str, int]:
+    """Faces per class among the reported records (every class named, zeros included)."""
+    counts = {c: 0 for c in classes}
+    for r in records:
+        counts[r["label"]] = counts.get(r["label"], 0) + 1
+    return counts
+
+
 def one_per_face(records: list[dict]) -> list[dict]:
-    """Each face's most likely record: a face found once may carry a record per class
-    (same box and finder score, ``detect.runner_up``); counting faces counts it once."""
+    """Each face's most likely record. Records are one per face; files written before
+    2026-12-04 may hold a record per class of one face (same box and finder score), and
+    counting faces counts such a face once."""
     best: dict[tuple, dict] = {}
     for r in records:
         face = (tuple(r["box"]), r["detector_score"])
@@ -179,6 +207,44 @@ def annotate(rgb: np.ndarray, faces: list[dict], min_score: float = 0.0) -> np.n
         cv2.putText(bgr, f"{face['label']} {face['score']:.2f}", (x, max(10, y - 4)), cv2.FONT_HERSHEY_SIMPLEX,
                     0.4 * thickness, colour, thickness)
     return bgr
+
+
+class Tally:
+    """The counts a person asks for, one line per input on stdout: an image's faces per
+    class; a video's (or camera's) faces per frame, mean and most, once it ends. Frames are
+    counted, not people: telling one person across frames needs tracking."""
+
+    def __init__(self, classes: Sequence[str]) -> None:
+        self.classes = list(classes)
+        self._video: str | None = None
+        self._frames = 0
+        self._sums: dict[str, int] = {}
+        self._most: dict[str, int] = {}
+
+    def add(self, frame: Frame, counts: Mapping[str, int]) -> list[str]:
+        """Lines to print after this frame: the image's, or the video's that just ended."""
+        lines = self.close() if self._video is not None and (not frame.is_video or frame.source != self._video) else []
+        if not frame.is_video:
+            per_class = ", ".join(f"{c} {counts.get(c, 0)}" for c in self.classes)
+            return lines + [f"{frame.source}: {sum(counts.values())} faces: {per_class}"]
+        if self._video is None:
+            self._video, self._frames, self._sums, self._most = frame.source, 0, {c: 0 for c in self.classes}, {c: 0 for c in self.classes}
+        self._frames += 1
+        for c in self.classes:
+            self._sums[c] += counts.get(c, 0)
+            self._most[c] = max(self._most[c], counts.get(c, 0))
+        return lines
+
+    def close(self) -> list[str]:
+        """The line of the video in progress, if any."""
+        if self._video is None:
+            return []
+        n = max(1, self._frames)
+        per_class = ", ".join(f"{c} mean {self._sums[c] / n:.2f} max {self._most[c]}" for c in self.classes)
+        line = (f"{self._video}: video, {self._frames} frames; faces per frame (each frame counted, "
+                f"not people): {per_class}")
+        self._video = None
+        return [line]
 
 
 @dataclass
@@ -255,7 +321,11 @@ class Detector:
         self.margin = settings.margin
         self.box_calibration = dict(box_calibration) if box_calibration else None
         self.detect_every = max(1, detect_every)
-        self.runner_up = float(settings.runner_up) if settings.runner_up else None  # min probability of a further class's record
+        # Scoring only: the probability from which a face also stands for another class (mAP).
+        self.runner_up = float(settings.runner_up) if settings.runner_up else None
+        # The operating point: faces ranked below it are not reported (None: the full ranked list).
+        # A face crop (faces_only) is one face by definition: always reported.
+        self.min_score = None if settings.operating_point is None or faces_only else float(settings.operating_point)
         self._last_found: tuple[str, int] | None = None  # (source, frame) of the last detection
         self._last_labels: list[dict] = []  # records of the last labelled detection
 
@@ -269,8 +339,17 @@ class Detector:
         return self.classifier.classes
 
     def __call__(self, frame: Frame) -> list[dict]:
-        """Face records of one frame; on video between detections, the last frame's."""
+        """The faces of one frame a reader gets (at the operating point); on video between
+        detections, the last frame's."""
+        return self.report(self.ranked(frame))
+
+    def ranked(self, frame: Frame) -> list[dict]:
+        """Every candidate face of one frame, the ranked list that mAP is computed from."""
         return self.label(frame, self.find(frame))
+
+    def report(self, records: list[dict]) -> list[dict]:
+        """The records at this detector's operating point (all of them when it has none)."""
+        return reported(records, self.min_score)
 
     def find(self, frame: Frame) -> list[Face] | None:
         """The faces of a frame (the face detector), or None on a video frame between detections."""
@@ -286,7 +365,8 @@ class Detector:
         return [f for f in found if f.score >= self.min_confidence]
 
     def label(self, frame: Frame, faces: list[Face] | None) -> list[dict]:
-        """Classify the found faces in one batch (None: repeat the last labelled frame's)."""
+        """Classify the found faces in one batch, one record each, every candidate (None:
+        repeat the last labelled frame's); :meth:`report` applies the operating point."""
         if faces is None:
             return [dict(face) for face in self._last_labels]
         h, w = frame.rgb.shape[:2]
@@ -307,16 +387,12 @@ class Detector:
         for face, p in zip(faces, probs):
             k = face.class_index() if self.labels == "detector" else int(np.argmax(p))
             box = face.box if self.faces_only else calibrate_box(face.box, self.box_calibration, w, h)
-            out.append({"box": [int(v) for v in box], "label": classes[k], "score": round(float(p[k]), 6),
-                        "detector_score": round(float(face.score), 6)})
-            if self.runner_up and self.labels != "detector" and not self.faces_only:
-                # An unsure face also stands for each less likely class, ranked lower (score =
-                # that class's probability), as facedet's per-class peaks and as detectors are
-                # scored for mAP: a rare class the classifier half-sees still ranks in its own AP.
-                top = out[-1]
-                for other in np.argsort(-p)[1:]:
-                    if p[other] >= self.runner_up:
-                        out.append({**top, "label": classes[int(other)], "score": round(float(p[other]), 6)})
+            record = {"box": [int(v) for v in box], "label": classes[k], "score": round(float(p[k]), 6),
+                      "detector_score": round(float(face.score), 6),
+                      "probs": {c: round(float(v), 6) for c, v in zip(classes, p)}}
+            if not face.plausible:  # the finder's landmark check: in the ranked list only
+                record["implausible"] = True
+            out.append(record)
         self._last_labels = out
         return out
 
@@ -338,10 +414,10 @@ def pipelined(detector: Detector, frames: Iterator[Frame]) -> Iterator[tuple[Fra
             pending.append((frame, pool.submit(detector.find, frame)))
             if len(pending) > 1:
                 done, found = pending.popleft()
-                yield done, detector.label(done, found.result())
+                yield done, detector.report(detector.label(done, found.result()))
         while pending:
             done, found = pending.popleft()
-            yield done, detector.label(done, found.result())
+            yield done, detector.report(detector.label(done, found.result()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,8 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write annotated images / videos here")
     parser.add_argument("--show", action="store_true", help="show a live window (needs a display)")
     parser.add_argument("--detect-every", type=int, default=1, help="on video, run the detector every k-th frame")
-    parser.add_argument("--draw-confidence", type=float, default=0.3,
-                        help="--out/--show draw faces with at least this detector score (JSON lines keep all)")
+    parser.add_argument("--draw-confidence", type=float, default=0.0,
+                        help="--out/--show draw only the reported faces with at least this detector score (default: all)")
     parser.add_argument("--no-pipeline", dest="pipeline", action="store_false",
                         help="detect and classify one frame after the other (default: overlapped on two threads)")
     add_detector_args(parser)
@@ -375,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     roots = [s for s in args.sources if Path(s).is_dir()]
     errors: list[str] = []
     frames = faces_total = 0
+    tally = Tally(detector.classes)
     started = time.perf_counter()
     try:
         frames_in = iter_sources(args.sources, errors)
@@ -382,9 +459,12 @@ def main(argv: list[str] | None = None) -> int:
         # Progress on a terminal only: the JSON lines and the summary stay clean in pipes.
         for frame, faces in tqdm(labelled, desc="detect", unit="frame", disable=None, leave=False):
             frames += 1
-            faces_total += len(one_per_face(faces))
+            faces_total += len(faces)
+            counts = class_counts(faces, detector.classes)
+            for line in tally.add(frame, counts):
+                print(line, flush=True)
             if jsonl:
-                jsonl.write(json.dumps({"source": frame.source, "frame": frame.index, "faces": faces}) + "\n")
+                jsonl.write(json.dumps({"source": frame.source, "frame": frame.index, "faces": faces, "counts": counts}) + "\n")
             if args.out or show:
                 drawn = annotate(frame.rgb, faces, args.draw_confidence)
                 if args.out:
@@ -400,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
             writer.release()
         if jsonl:
             jsonl.close()
+    for line in tally.close():
+        print(line, flush=True)
     now = time.perf_counter()
     wall, processing = now - STARTED, now - started
     # fps over the whole command (imports and model load included) agrees with an outside
@@ -436,8 +518,13 @@ def add_detector_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-face", type=float, default=None, help="mtcnn: smallest face (px, after downscaling) to look for")
     parser.add_argument("--min-confidence", type=float, default=None, help="face score (detector confidence) to keep a face")
     parser.add_argument("--runner-up", type=float, default=None,
-                        help="classifier labels: a further, lower-ranked record of a face for each other class whose "
+                        help="scoring (mAP) only: a face also stands, ranked lower, for each other class whose "
                              "probability is at least this (0: never)")
+    parser.add_argument("--min-score", type=float, default=None,
+                        help="report faces whose score x detector_score is at least this (default: the operating point "
+                             "stored with the model, chosen on val)")
+    parser.add_argument("--all", dest="all_faces", action="store_true",
+                        help="report every candidate face, the full ranked list (for mAP tools)")
 
 
 def detector_settings(args: argparse.Namespace, stored: DetectorSettings) -> DetectorSettings:
@@ -457,7 +544,8 @@ def detector_settings(args: argparse.Namespace, stored: DetectorSettings) -> Det
     chosen = stored.with_options(max_side=args.max_side, min_face=args.min_face, min_confidence=args.min_confidence,
                                  backend=args.backend, labels=args.labels, long_side=args.long_side, flip=args.flip,
                                  peaks=args.peaks, runner_up=args.runner_up)
-    return dataclasses.replace(chosen, stills=stills, finders=finders)
+    operating_point = None if args.all_faces else args.min_score if args.min_score is not None else stored.operating_point
+    return dataclasses.replace(chosen, stills=stills, finders=finders, operating_point=operating_point)
 
 
 def output_path(out: Path, source: str, roots: Sequence[str], suffix: str, taken: set[Path]) -> Path:

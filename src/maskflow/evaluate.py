@@ -9,6 +9,7 @@ trained or tuned on), next to complexity (``params_total``, ``model_size_mb``,
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -25,7 +26,15 @@ from maskflow.data import read_manifest
 from maskflow.datasets import image_dataset, split_arrays
 from maskflow.detect import Classifier, MaskModel, build_detector
 from maskflow.detection.settings import DetectorSettings
-from maskflow.evaluate_scenes import run_scenes, voc_items
+from maskflow.evaluate_scenes import (
+    at_operating_point,
+    choose_operating_point,
+    detect_scenes,
+    face_outcomes,
+    run_scenes,
+    score_scenes,
+    voc_items,
+)
 from maskflow.imageio import DecodeError, Frame, read_image
 
 # MLflow, Pillow, matplotlib, scikit-learn are imported inside the functions that use them: importing this
@@ -228,8 +237,9 @@ def load_model(path: Path):
 
 
 # Bump when what the stage computes changes, so cached evaluations are not reused.
-EVALUATE_VERSION = 5  # 3: per-part test metrics, any finder on close-ups (xtest_<set>_detect_*); 4: detection's classifier
-# through TFLite; 5: scene detection precision and accuracy count each face once (detect.one_per_face)
+EVALUATE_VERSION = 6  # 3: per-part test metrics, any finder on close-ups (xtest_<set>_detect_*); 4: detection's classifier
+# through TFLite; 5: scene detection precision and accuracy count each face once (detect.one_per_face); 6: one record per
+# face with its class probabilities, the operating point chosen on val (operating_point, scenes_*op_*)
 
 
 def run(cfg: DictConfig, ctx: StageContext) -> Evaluation:
@@ -255,6 +265,8 @@ def run(cfg: DictConfig, ctx: StageContext) -> Evaluation:
              {k: round(v, 4) for k, v in metrics.items() if k.endswith("accuracy") or k == "scenes_map50"})
     if mlflow.active_run() is not None:
         mlflow.log_metrics(metrics)
+        if "operating_point" in metrics:  # the value stored with the registered model
+            mlflow.log_param("operating_point", metrics["operating_point"])
         mlflow.log_artifacts(str(out), "evaluate")
     return Evaluation(metrics=metrics, report_dir=out)
 
@@ -300,26 +312,70 @@ def _evaluate(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str, float]
 
 
 def _scenes(cfg: DictConfig, ctx: StageContext, model, size: int, classes: list[str], out: Path) -> dict[str, float]:
-    """Detect-then-classify on the held-out split of a VOC scene set (scenes_* metrics)."""
+    """Detect-then-classify on the held-out split of a VOC scene set (scenes_* metrics from
+    the full ranked list), the operating point chosen on its val split, and what a reader
+    gets at that point on both splits (scenes_val_op_*, scenes_op_*)."""
 
     sc = cfg.evaluate.scenes
     data_cfg, prepared = prepare.prepared_for(cfg, ctx, str(sc.data), f"xtest_{str(sc.data).replace('-', '_')}")
-    names = {Path(r["path"]).name for r in read_manifest(prepared.manifest, str(sc.split))}
-    items = voc_items(Path(data_cfg.root), names, int(sc.limit) if sc.get("limit") else None)
+    limit = int(sc.limit) if sc.get("limit") else None
+
+    def items(split: str):
+        names = {Path(r["path"]).name for r in read_manifest(prepared.manifest, split)}
+        return voc_items(Path(data_cfg.root), names, limit)
+
     # conf/detect, as registered with the model: what is evaluated is what gets served.
     facedet = ctx.results.get("facedet")
     face_model = facedet.model_path if facedet is not None else None
     trained: TrainedModel = ctx.need("finetune")
-    mask_model = MaskModel(Classifier(model, classes, size, trained.tflite_path), DetectorSettings.from_stored(OmegaConf.to_container(cfg.detect, resolve=True)),
+    settings = DetectorSettings.from_stored(OmegaConf.to_container(cfg.detect, resolve=True))
+    mask_model = MaskModel(Classifier(model, classes, size, trained.tflite_path), settings,
                            face_model, list(facedet.classes) if face_model else [], [str(cfg.paths.face_weights_dir)])
-    detector = build_detector(mask_model.settings, mask_model)
-    scored = run_scenes(detector, items, out / "scenes_predictions.jsonl", resamples=int(sc.get("bootstrap", 0)))
+    # mAP ranks every candidate: the detector evaluated reports them all.
+    detector = build_detector(dataclasses.replace(settings, operating_point=None), mask_model)
+    test_items = items(str(sc.split))
+    test_results: list = []
+    scored = run_scenes(detector, test_items, out / "scenes_predictions.jsonl", resamples=int(sc.get("bootstrap", 0)),
+                        results=test_results)
     atomic_write_json(out / "scenes_metrics.json", scored)
-    log.info("evaluate: scenes (%d %s images of %s): %s", len(items), sc.split, sc.data,
+    log.info("evaluate: scenes (%d %s images of %s): %s", len(test_items), sc.split, sc.data,
              {k: round(v, 4) for k, v in scored["metrics"].items()})
     metrics = dict(scored["metrics"])
+    metrics.update(_operating_point(cfg, detector, settings, items, test_results, out))
     if str(cfg.data.get("format", "folders")) != "voc" and str(sc.data) != cfg.data.name:
-        metrics.update(_detector_on_test_images(cfg, ctx, detector, int(sc.limit) if sc.get("limit") else None))
+        metrics.update(_detector_on_test_images(cfg, ctx, detector, limit))
+    return metrics
+
+
+def _operating_point(cfg: DictConfig, detector, settings: DetectorSettings, items, test_results: list, out: Path
+                     ) -> dict[str, float]:
+    """The threshold on the ranking score at which faces are reported: ``detect.operating_point``
+    when set, else chosen on the scenes' ``evaluate.operating_point.split`` (val) by its
+    rule; never on the test split. Logged with precision, recall and F1 of box and label
+    at it on that split and on the test split, with bootstrap intervals."""
+
+    op = cfg.evaluate.operating_point
+    if str(op.split) == str(cfg.evaluate.scenes.split):
+        raise ValueError(f"evaluate.operating_point.split is the scored split ({op.split}): choose the operating point on val")
+    resamples = int(cfg.evaluate.scenes.get("bootstrap", 0))
+    chosen_results, skipped, _ = detect_scenes(detector, items(str(op.split)), out / f"scenes_{op.split}_predictions.jsonl")
+    chosen_on = face_outcomes(chosen_results, detector.classes)
+    if settings.operating_point is not None:
+        threshold = float(settings.operating_point)
+    elif not any(len(o.scores) for o in chosen_on):
+        log.warning("evaluate: no face found on the %d %s scenes: no operating point, the model reports every candidate",
+                    len(chosen_results), op.split)
+        return {}
+    else:
+        threshold = choose_operating_point(chosen_on, str(op.rule), op.get("precision"))
+    metrics = {"operating_point": round(threshold, 6), f"scenes_{op.split}_images_skipped": float(skipped),
+               f"scenes_{op.split}_map50": score_scenes(chosen_results, detector.classes,
+                                                        runner_up=detector.runner_up)["metrics"]["scenes_map50"]}
+    for prefix, outcomes in ((f"scenes_{op.split}_op", chosen_on), ("scenes_op", face_outcomes(test_results, detector.classes))):
+        metrics.update({f"{prefix}_{k}": v for k, v in at_operating_point(outcomes, threshold, resamples).items()})
+    log.info("evaluate: operating point %.4f (%s on %s): %s", threshold,
+             "fixed by detect.operating_point" if settings.operating_point is not None else f"rule {op.rule}", op.split,
+             {k: round(v, 4) for k, v in metrics.items() if k.endswith(("_precision", "_recall", "_f1", "per_100"))})
     return metrics
 
 

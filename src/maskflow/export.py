@@ -184,12 +184,15 @@ def _register(cfg, ctx, trained: TrainedModel, prepared: PreparedData, evaluatio
     tags = {"backbone": cfg.model.name, "data_digest": prepared.digest, "data_name": cfg.data.name,
             "run_id": ctx.run_id or "",
             **{k: f"{v:.6g}" for k, v in evaluation.metrics.items()
-               if k.startswith(("test_", "scenes_")) or k in ("latency_ms_b1", "params_total")}}
+               if k.startswith(("test_", "scenes_")) or k in ("latency_ms_b1", "params_total", "operating_point")}}
     facedet = ctx.results.get("facedet")
     face_model = facedet.model_path if facedet is not None and str(cfg.detect.get("backend", "mtcnn")) == "facedet" else None
     if face_model is not None:
         tags.update({k: f"{v:.6g}" for k, v in facedet.metrics.items()})
-    meta = serving.meta_for(trained.classes, trained.input_size, cfg.model.name, OmegaConf.to_container(cfg.detect, resolve=True),
+    detector = OmegaConf.to_container(cfg.detect, resolve=True)
+    if "operating_point" in evaluation.metrics:  # chosen on val by evaluate (or fixed by detect.operating_point)
+        detector["operating_point"] = float(evaluation.metrics["operating_point"])
+    meta = serving.meta_for(trained.classes, trained.input_size, cfg.model.name, detector,
                             facedet.classes if face_model is not None else ())
     examples = split_arrays(prepared.manifest, "test", trained.classes)[0][:2]
     return register_pyfunc(str(cfg.export.registered_model), trained.model_path, meta, out / "pyfunc_meta.json",

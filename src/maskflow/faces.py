@@ -24,6 +24,7 @@ class Face:
     probs: tuple[float, ...] | None = None  # class probabilities, from a detector that classifies
     label: int | None = None  # the class index this box stands for (a per-class detector peak)
     landmarks: tuple[float, ...] | None = None  # x, y pairs (eyes, nose, mouth corners), where the finder has them
+    plausible: bool = True  # False: the landmarks lie where no face's do (ranked, never reported)
 
     def class_index(self) -> int:
         """The class this face is reported as: its own peak's class, else the most likely."""

@@ -7,11 +7,15 @@ the model was evaluated with.
 
 Input: a DataFrame with an ``image`` column of base64-encoded JPEG/PNG/... bytes, one
 image per row, and an optional ``source`` column echoed back. Output: one record per row,
-the same shape as ``maskflow.detect --jsonl``::
+the same shape as ``maskflow.detect --jsonl``: one record per face, at the model's
+operating point, and the faces per class::
 
-    {"source": "...", "frame": 0, "faces": [{"box": [x, y, w, h], "label": ..., "score": ..., "detector_score": ...}]}
+    {"source": "...", "frame": 0, "faces": [{"box": [x, y, w, h], "label": ..., "score": ...,
+     "detector_score": ..., "probs": {class: p, ...}}], "counts": {class: n, ...}}
 
-Param ``faces_only=true`` classifies each image as one face (box = whole image). A
+Params: ``min_score`` reports faces whose score x detector_score is at least this instead
+of the stored operating point; ``all=true`` reports every candidate (the ranked list);
+``faces_only=true`` classifies each image as one face (box = whole image). A
 request with any undecodable, oversized or malformed row is refused as a whole with
 ``MlflowException(INVALID_PARAMETER_VALUE)``, which the scoring server answers with HTTP
 400 naming the rows and reasons; the server keeps serving.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import dataclasses
 import json
 import sys
 import time
@@ -55,13 +60,14 @@ def encode_images(paths: Sequence[str | Path], sources: bool = False) -> "pd.Dat
 
 
 def signature():
-    """Input: ``image`` (base64 string) and optional ``source``; param ``faces_only``."""
+    """Input: ``image`` (base64 string) and optional ``source``; params ``faces_only``, ``min_score``, ``all``."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
     return ModelSignature(
         inputs=Schema([ColSpec("string", "image"), ColSpec("string", "source", required=False)]),
-        params=ParamSchema([ParamSpec("faces_only", "boolean", False)]),
+        params=ParamSchema([ParamSpec("faces_only", "boolean", False), ParamSpec("min_score", "double", None),
+                            ParamSpec("all", "boolean", False)]),
     )
 
 
@@ -129,13 +135,25 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
                          list(getattr(self, "finder_dirs", ())))
 
     def detector(self, faces_only: bool = False):
-        """The detect-then-classify loop of ``maskflow.detect``, built once per mode."""
+        """The detect-then-classify loop of ``maskflow.detect``, built once per mode; it
+        reports every candidate, and :meth:`predict` applies the operating point."""
         if faces_only not in self._detectors:
             from maskflow.detect import build_detector
 
             model = self.mask_model()
-            self._detectors[faces_only] = build_detector(model.settings, model, faces_only)
+            self._detectors[faces_only] = build_detector(dataclasses.replace(model.settings, operating_point=None), model,
+                                                         faces_only)
         return self._detectors[faces_only]
+
+    def operating_point(self, params: dict[str, Any]) -> float | None:
+        """The threshold a request reports faces at: its ``min_score``, else the stored
+        operating point; None (every candidate) with ``all``."""
+        if params.get("all"):
+            return None
+        if params.get("min_score") is not None:
+            return float(params["min_score"])
+        stored = (getattr(self, "detector_settings", None) or {}).get("operating_point")
+        return None if stored is None else float(stored)
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[dict]:
         import pandas as pd
@@ -159,11 +177,17 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
         if errors:
             raise MlflowException.invalid_parameter_value(
                 f"{len(errors)} of {len(model_input)} images refused (nothing was scored): " + "; ".join(errors[:20]))
-        detector = self.detector(bool((params or {}).get("faces_only", False)))
+        from maskflow.detect import class_counts, reported
+
+        params = params or {}
+        faces_only = bool(params.get("faces_only", False))
+        detector = self.detector(faces_only)
+        threshold = None if faces_only else self.operating_point(params)  # a crop is one face: always reported
         out = []
         for i, (rgb, source) in enumerate(zip(images, sources)):
             name = str(source) if isinstance(source, str) and source else f"row-{i}"
-            out.append({"source": name, "frame": 0, "faces": detector(Frame(name, 0, rgb, False))})
+            faces = reported(detector(Frame(name, 0, rgb, False)), threshold)
+            out.append({"source": name, "frame": 0, "faces": faces, "counts": class_counts(faces, detector.classes)})
         return out
 
 
@@ -220,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("url", help="server root, e.g. http://127.0.0.1:5001")
     parser.add_argument("images", nargs="+", type=Path)
     parser.add_argument("--faces-only", action="store_true")
+    parser.add_argument("--min-score", type=float, default=None,
+                        help="report faces whose score x detector_score is at least this (default: the model's operating point)")
+    parser.add_argument("--all", dest="all_faces", action="store_true", help="report every candidate face (the ranked list)")
     parser.add_argument("--retries", type=int, default=5, help="times to retry a 503 (server busy) after its Retry-After")
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.images if not p.is_file()]
@@ -227,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"maskflow.serving: not a readable file: {', '.join(missing)}", file=sys.stderr)
         return 1
     body = {"dataframe_split": encode_images(args.images, sources=True).to_dict(orient="split"),
-            "params": {"faces_only": args.faces_only}}
+            "params": {"faces_only": args.faces_only, "all": args.all_faces,
+                       **({} if args.min_score is None else {"min_score": args.min_score})}}
     body["dataframe_split"].pop("index", None)
     data = json.dumps(body).encode()
     for attempt in range(args.retries + 1):

@@ -77,7 +77,8 @@ def nms(corners: np.ndarray, scores: np.ndarray, iou: float, top_k: int = 750) -
 
 
 def to_faces(corners: np.ndarray, scores: np.ndarray, scale: float, width: int, height: int,
-             landmarks: np.ndarray | None = None, probs: np.ndarray | None = None) -> list[Face]:
+             landmarks: np.ndarray | None = None, probs: np.ndarray | None = None,
+             plausible: np.ndarray | None = None) -> list[Face]:
     """Corner boxes in resized pixels -> :class:`Face` records in original pixels."""
     faces = []
     for i, (x0, y0, x1, y1) in enumerate(np.asarray(corners, np.float64) / scale):
@@ -88,7 +89,7 @@ def to_faces(corners: np.ndarray, scores: np.ndarray, scale: float, width: int, 
         marks = None if landmarks is None else tuple(round(float(v) / scale, 1) for v in landmarks[i])
         p = None if probs is None else tuple(float(v) for v in probs[i])
         faces.append(Face((int(round(x0)), int(round(y0)), int(round(x1 - x0)), int(round(y1 - y0))), float(scores[i]),
-                          probs=p, landmarks=marks))
+                          probs=p, landmarks=marks, plausible=True if plausible is None else bool(plausible[i])))
     return faces
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -56,8 +57,12 @@ class OnnxFinder:
     # long_side, still_long_side, min_score and nms_iou have no default here: the finder's
     # block in conf/detect (finders.<name>, stored with the model) is the one place they live.
     def __init__(self, model_path: Path, *, long_side: int | None, still_long_side: int | None, min_score: float,
-                 nms_iou: float, tile_overlap: float = 0.2) -> None:
+                 nms_iou: float, tile_overlap: float = 0.2, landmark_bounds: Mapping[str, Sequence[float]] | None = None) -> None:
         self.model_path = Path(model_path)
+        # Where a face's landmarks may lie, as shares of its box height (eyes_y, nose_y,
+        # mouth_y: [low, high]); a box whose landmarks fall outside is marked implausible
+        # (Face.plausible): it stays in the ranked list (mAP) but is never reported. None: no check.
+        self.landmark_bounds = {k: (float(v[0]), float(v[1])) for k, v in (landmark_bounds or {}).items()}
         self.long_side = long_side
         self.still_long_side = still_long_side
         self.min_score = float(min_score)
@@ -91,9 +96,28 @@ class OnnxFinder:
         merged = _take(merged, merged.scores >= self.min_score)
         if len(passes) > 1 or not self.own_nms:
             merged = _take(merged, nms(merged.corners, merged.scores, self.nms_iou))
-        return to_faces(merged.corners, merged.scores, 1.0, w, h, merged.landmarks, merged.probs)
+        plausible = None
+        if self.landmark_bounds and merged.landmarks is not None:  # kept in the ranked list, never reported
+            plausible = plausible_landmarks(merged.corners, merged.landmarks, self.landmark_bounds)
+        return to_faces(merged.corners, merged.scores, 1.0, w, h, merged.landmarks, merged.probs, plausible)
 
     own_nms = False  # True where the model (or OpenCV) already suppresses overlaps
+
+
+def plausible_landmarks(corners: np.ndarray, landmarks: np.ndarray, bounds: Mapping[str, tuple[float, float]]) -> np.ndarray:
+    """Which boxes have their five landmarks (right eye, left eye, nose, right and left
+    mouth corner) where a face's are: the eyes' mean height, the nose's and the mouth
+    corners' mean height, as shares of the box height from its top, each within its
+    ``bounds`` entry. Patterns (lace, prints) that a finder scores as faces mostly fail it."""
+    top, height = corners[:, 1], np.maximum(corners[:, 3] - corners[:, 1], 1e-6)
+    ys = (landmarks[:, 1::2] - top[:, None]) / height[:, None]
+    parts = {"eyes_y": ys[:, 0:2].mean(1), "nose_y": ys[:, 2], "mouth_y": ys[:, 3:5].mean(1)}
+    keep = np.ones(len(corners), bool)
+    for name, (low, high) in bounds.items():
+        if name not in parts:
+            raise ValueError(f"unknown landmark bound {name!r} (eyes_y | nose_y | mouth_y)")
+        keep &= (parts[name] >= low) & (parts[name] <= high)
+    return keep
 
 
 def _tiles(image: np.ndarray, side: int, overlap: float):

@@ -35,9 +35,15 @@ class DetectorSettings:
     labels: str = "classifier"  # classifier: crop + classify | detector: facedet's class maps | fuse: mean of both
     min_confidence: float = 0.5  # finder score to keep a face
     margin: float = 0.2  # crop margin; the pipeline sets the one the classifier was trained with
-    # An unsure face also gets a record for each other class that has at least this
-    # probability (ranked lower, so a rare class still counts in its AP); None: never.
+    # Scoring only (mAP): an unsure face also stands for each other class that has at least
+    # this probability, ranked lower, so a rare class still counts in its AP; None: never.
+    # What users read keeps one record per face, with every class's probability.
     runner_up: Optional[float] = None
+    # The operating point: a face is reported when score x detector_score (its ranking
+    # score) is at least this. The evaluate stage chooses it on the val scenes
+    # (conf/evaluate operating_point) and stores it with the registered model; None: every
+    # candidate, the ranked list that mAP is computed from (``detect --all``).
+    operating_point: Optional[float] = None
     # Finder boxes -> the annotations' box convention (centre shift, scale); None: raw boxes.
     # Crops for the classifier always use the raw box.
     box_calibration: Optional[dict[str, float]] = None
