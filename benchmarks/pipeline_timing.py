@@ -69,7 +69,9 @@ def main() -> None:
     cold = rows[0][2]
     print(f"\nembeddings (cold): {cold.get('tune_embed_time_s', float('nan')):.1f} s; tuning trials: "
           f"{cold.get('tune_trials', 0):.0f}, {cold.get('tune_trial_mean_s', float('nan')):.2f} s each; "
-          f"test_accuracy {cold.get('test_accuracy', float('nan')):.4f}; scenes_map50 (test) {cold.get('scenes_map50', float('nan')):.4f}")
+          f"test_accuracy {cold.get('test_accuracy', float('nan')):.4f}; scenes_map50 (test) {cold.get('scenes_map50', float('nan')):.4f}; "
+          f"operating point {cold.get('operating_point', float('nan')):.4f}: F1 val {cold.get('scenes_val_op_f1', float('nan')):.4f}, "
+          f"test {cold.get('scenes_op_f1', float('nan')):.4f}")
 
 
 def _metrics(out: Path, run_name: str) -> dict[str, float]:
