@@ -55,7 +55,8 @@ def main() -> int:
     parser.add_argument("--scenes", type=Path, default=SCENES)
     parser.add_argument("--rule", default="f1", choices=("f1", "precision"))
     parser.add_argument("--precision", type=float, default=0.9, help="the target of --rule precision")
-    parser.add_argument("--per-kind", type=int, default=10, help="drawn textures of each kind")
+    parser.add_argument("--per-kind", type=int, default=20, help="drawn textures of each kind")
+    parser.add_argument("--regions", type=int, default=2, help="face-free regions per val or test scene (at most)")
     parser.add_argument("--out", type=Path, default=None, help="save the false faces' crops here")
     parser.add_argument("--detect", default=None,
                         help="detector settings from conf/detect/<NAME>.yaml as the project has them now, instead of the "
@@ -87,8 +88,8 @@ def main() -> int:
                     f"{at['f1']:.3f} ({at['f1_ci95_low']:.3f}-{at['f1_ci95_high']:.3f}) | {at['false_per_image']:.2f} | "
                     f"{at['false_without_mask_per_100']:.1f} |")
 
-    free = {"scene regions, val": list(facefree.scene_regions(items["val"])),
-            "scene regions, test": list(facefree.scene_regions(items["test"]))}
+    free = {"scene regions, val": list(facefree.scene_regions(items["val"], args.regions)),
+            "scene regions, test": list(facefree.scene_regions(items["test"], args.regions))}
     for kind in facefree.TEXTURES:
         free[f"drawn: {kind}"] = [(f"{kind}_{s}", facefree.texture(kind, s)) for s in range(args.per_kind)]
     free_rows, total_images, total_op, total_all = [], 0, 0, 0

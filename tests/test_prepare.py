@@ -249,3 +249,26 @@ def test_parallel_jobs_logging_the_same_dataset_both_succeed(tmp_path):
         job.join(timeout=300)
     assert [job.exitcode for job in jobs] == [0, 0]
     assert failures.value == 0
+
+
+@needs_shared
+def test_a_worker_that_cannot_start_stops_prepare_with_a_message_instead_of_hanging(tmp_path):
+    # Its workers inherit the parent's sys.path, where an empty 'maskflow' comes first (as
+    # after loading a registered model whose packaged code differs): none can import the
+    # work. A multiprocessing.Pool replaced them forever; the stage must stop and say so.
+    import os
+    import subprocess
+    import sys
+
+    data = copy_real_faces(tmp_path / "data", per_class=4)
+    (tmp_path / "shadow" / "maskflow").mkdir(parents=True)
+    (tmp_path / "shadow" / "maskflow" / "__init__.py").write_text("")
+    script = (f"import sys, maskflow.pipeline; sys.path.insert(0, {str(tmp_path / 'shadow')!r}); "
+              "sys.argv = ['pipeline'] + sys.argv[1:]; maskflow.pipeline.main()")
+    overrides = ["stages=[prepare]", "data=mask-faces-4k", f"data.root={data}", "data.workers=2",
+                 f"paths.cache_dir={tmp_path}/cache", f"paths.output_dir={tmp_path}/outputs",
+                 f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifact_root={tmp_path}/mlruns"]
+    proc = subprocess.run([sys.executable, "-c", script, *overrides], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode != 0
+    assert "a worker process died" in proc.stdout + proc.stderr and "data.workers=1" in proc.stdout + proc.stderr

@@ -17,6 +17,8 @@ import logging
 import multiprocessing as mp
 import os
 from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -239,11 +241,18 @@ def run(cfg: DictConfig, ctx: StageContext, name: str = "prepare") -> PreparedDa
     if jobs:
         if workers > 1:
             spawn = mp.get_context("spawn")  # TensorFlow is not fork-safe
-            with spawn.Pool(workers, initializer=_init_worker, initargs=(1,)) as pool:
-                done = pool.imap_unordered(process_file, jobs, chunksize=4)
-                for record_path, record in tqdm(done, total=len(jobs), desc="prepare", unit="file", disable=None):
-                    for rel in pending[record_path]:
-                        records[rel] = record
+            # An executor, not a multiprocessing.Pool: a worker that dies (cannot import,
+            # runs out of memory) breaks it with an error, where a Pool replaces the worker
+            # and waits forever for its task.
+            with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_init_worker, initargs=(1,)) as pool:
+                try:
+                    done = pool.map(process_file, jobs, chunksize=4)
+                    for record_path, record in tqdm(done, total=len(jobs), desc="prepare", unit="file", disable=None):
+                        for rel in pending[record_path]:
+                            records[rel] = record
+                except BrokenProcessPool as exc:
+                    raise RuntimeError("prepare: a worker process died (it could not start, or ran out of memory); "
+                                       "data.workers=1 runs in this process and shows why") from exc
         else:
             for job in tqdm(jobs, desc="prepare", unit="file", disable=None):
                 record_path, record = process_file(job)
