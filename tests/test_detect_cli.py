@@ -155,3 +155,29 @@ def test_scene_evaluation_names_unreadable_images_and_exits_1(yunet_model, tmp_p
     assert "maksssksksss1.jpg: unreadable" in proc.stderr and "maksssksksss2.jpg: unreadable" in proc.stderr
     metrics = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert metrics["scenes_images"] == 1 and metrics["scenes_images_skipped"] == 2
+
+
+@needs_shared
+def test_one_loaded_model_answers_concurrent_calls_as_it_answers_them_one_by_one(yunet_model):
+    # Servers (mlflow models serve, a thread pool, a Spark UDF) call one loaded model from
+    # many threads; the finder and the interpreter keep per-call state.
+    from concurrent.futures import ThreadPoolExecutor
+
+    import mlflow
+    from PIL import Image
+
+    from maskflow.serving import encode_images
+
+    mlflow.set_tracking_uri(yunet_model)
+    try:
+        model = mlflow.pyfunc.load_model("models:/m/1")
+    finally:
+        mlflow.set_tracking_uri(None)
+    paths = [SCENES / "images" / f"maksssksksss{i}.jpg" for i in range(6)]
+    assert len({Image.open(p).size for p in paths}) >= 2  # the finder's input size changes between calls
+    requests = [encode_images([p]) for p in paths]
+    one_by_one = [model.predict(r, params={"all": True}) for r in requests]
+    assert sum(len(r[0]["faces"]) for r in one_by_one) >= 6
+    with ThreadPoolExecutor(6) as pool:
+        at_once = list(pool.map(lambda r: model.predict(r, params={"all": True}), requests * 3))
+    assert at_once == one_by_one * 3

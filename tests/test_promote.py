@@ -113,3 +113,25 @@ def test_a_winner_that_detects_worse_stays_challenger(registry):
     assert decide(client, "m", v5, "test_accuracy", guard="scenes_map50")[0] == "champion"
     v6 = add(0.99)  # no guard tag: the metric decides
     assert decide(client, "m", v6, "test_accuracy", guard="scenes_map50")[0] == "champion"
+
+
+def test_the_champions_classifier_under_a_newer_pyfunc_contract_takes_champion(registry):
+    # An upgrade re-registers the same classifier with new settings (an operating point):
+    # another model_sha256, the same classifier_sha256; serving must run the new contract.
+    client, add = registry
+    v1 = add(0.90, pyfunc_api="3", model_sha256="a", classifier_sha256="k")
+    decide(client, "m", v1, "test_accuracy")
+    v2 = add(0.90, pyfunc_api="4", model_sha256="b", classifier_sha256="k")
+    alias, reason = decide(client, "m", v2, "test_accuracy")
+    assert alias == "champion" and "newer pyfunc contract" in reason
+    v3 = add(0.90, pyfunc_api="5", model_sha256="c", classifier_sha256="other")  # another classifier: scored as usual
+    assert decide(client, "m", v3, "test_accuracy")[0] == "challenger"
+    # A champion registered before classifier_sha256 existed: the same classifier scores alike.
+    scores = {"test_f1_macro": "0.8", "test_loss": "0.21", "test_ece": "0.03", "test_roc_auc": "0.97", "backbone": "b"}
+    old = add(0.91, pyfunc_api="3", model_sha256="x", **scores)
+    client.set_registered_model_alias("m", "champion", old)
+    same = add(0.91, pyfunc_api="4", model_sha256="y", classifier_sha256="k2", **scores)
+    assert decide(client, "m", same, "test_accuracy")[0] == "champion"
+    client.set_registered_model_alias("m", "champion", old)
+    other = add(0.91, pyfunc_api="4", model_sha256="z", classifier_sha256="k3", **{**scores, "test_loss": "0.22"})
+    assert decide(client, "m", other, "test_accuracy")[0] == "challenger"

@@ -228,7 +228,7 @@ def register_pyfunc(name: str, keras_model: Path, meta: dict, meta_path: Path, e
     except Exception:  # noqa: BLE001 - older servers lack tag filters; register anew
         existing = []
     existing = [v for v in existing if v.tags.get("pyfunc_api") == str(serving.PYFUNC_API)]
-    identity = {"model_sha256": model_sha, "pyfunc_api": str(serving.PYFUNC_API)}
+    identity = {"model_sha256": model_sha, "pyfunc_api": str(serving.PYFUNC_API), "classifier_sha256": sha256_file(keras_model)}
     present: dict[str, str] = {}
     if existing:
         chosen = max(existing, key=lambda v: int(v.version))

@@ -86,8 +86,17 @@ def _comparable(tag: str | None, candidate: dict, champion: dict) -> tuple[str |
 
 
 def _same_model_newer_contract(champion: dict, candidate: dict) -> bool:
-    sha = champion.get("model_sha256")
-    return bool(sha) and sha == candidate.get("model_sha256") and int(candidate.get("pyfunc_api", 1)) > int(champion.get("pyfunc_api", 1))
+    """The champion's trained model under a newer pyfunc contract: the same files and
+    settings, or the same classifier with the settings a newer maskflow stores (an
+    operating point, say)."""
+    same = any(champion.get(tag) and champion.get(tag) == candidate.get(tag) for tag in ("model_sha256", "classifier_sha256"))
+    if not same and not champion.get("classifier_sha256"):
+        # Versions registered before 2026-12-04 carry no classifier_sha256: the same
+        # classifier scores every test_* tag (accuracy, loss, ECE, per class: dozens, to 6
+        # digits) alike on the same split; a few equal numbers are not enough to say so.
+        scores = sorted(k for k in champion if k.startswith("test_"))
+        same = len(scores) >= 5 and all(champion.get(k) == candidate.get(k) for k in scores + ["data_digest", "backbone"])
+    return same and int(candidate.get("pyfunc_api", 1)) > int(champion.get("pyfunc_api", 1))
 
 
 def run(cfg: DictConfig, ctx: StageContext) -> Exported:

@@ -29,6 +29,7 @@ import binascii
 import dataclasses
 import json
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -122,6 +123,11 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
         # The pretrained finders' model files travel as artifacts: no ../shared at run time.
         self.finder_dirs = sorted({str(Path(p).parent) for k, p in context.artifacts.items() if k.startswith("finder_")})
         self._detectors: dict[bool, Any] = {}
+        # One prediction at a time per loaded model: the finder (OpenCV's per-call input
+        # size) and the TFLite interpreter keep state between calls, and servers such as
+        # `mlflow models serve` call predict from several threads. A prediction already
+        # keeps both cores busy, so taking turns costs no throughput here.
+        self._lock = threading.Lock()
 
     def mask_model(self):
         """The classifier, its detector settings and the detectors' files (:class:`maskflow.detect.MaskModel`)."""
@@ -181,13 +187,14 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
 
         params = params or {}
         faces_only = bool(params.get("faces_only", False))
-        detector = self.detector(faces_only)
         threshold = None if faces_only else self.operating_point(params)  # a crop is one face: always reported
         out = []
-        for i, (rgb, source) in enumerate(zip(images, sources)):
-            name = str(source) if isinstance(source, str) and source else f"row-{i}"
-            faces = reported(detector(Frame(name, 0, rgb, False)), threshold)
-            out.append({"source": name, "frame": 0, "faces": faces, "counts": class_counts(faces, detector.classes)})
+        with self._lock:
+            detector = self.detector(faces_only)
+            for i, (rgb, source) in enumerate(zip(images, sources)):
+                name = str(source) if isinstance(source, str) and source else f"row-{i}"
+                faces = reported(detector(Frame(name, 0, rgb, False)), threshold)
+                out.append({"source": name, "frame": 0, "faces": faces, "counts": class_counts(faces, detector.classes)})
         return out
 
 
@@ -206,8 +213,10 @@ def meta_for(classes: Sequence[str], input_size: int, model_name: str, detector:
 
 # Bumped when the pyfunc's input/output contract changes: a trained model already
 # registered under an older contract is registered again rather than reused.
-# 3: the trained face detector travels with the model; labels may be the scene classes.
-PYFUNC_API = 3
+# 3: the trained face detector travels with the model; labels may be the scene classes;
+# 4: one record per face with "probs", "counts" per row, the stored operating point (params
+# min_score, all), predict safe from many threads.
+PYFUNC_API = 4
 
 
 def log_pyfunc(keras_model: Path, meta: dict, meta_path: Path, example_images: Sequence[Path], face_model: Path | None = None,
