@@ -136,6 +136,11 @@ def test_the_operating_point_keeps_faces_ranked_at_or_above_it_and_faces_only_ke
     assert at.report(at.label(frame, faces)) == every[:1]  # ... what is reported is at the operating point
     lower = Detector(classifier, None, DetectorSettings(operating_point=0.48))
     assert lower.report(lower.label(frame, faces)) == every
+    # Two boxes of one face (the trained detector's per-class peaks): the higher-ranked is reported.
+    from maskflow.detect import reported
+
+    twice = [{**every[0], "box": [9, 9, 30, 30], "label": "without_mask", "score": 0.5}, every[0]]
+    assert reported(twice, 0.3) == [every[0]] and reported(twice, None) == twice
     # A face crop is a face: --faces-only reports it at any operating point.
     crop = Detector(classifier, None, DetectorSettings(operating_point=0.99), faces_only=True)
     assert len(crop(frame)) == 1

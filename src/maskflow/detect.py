@@ -162,12 +162,19 @@ def rank_score(record: Mapping) -> float:
     return float(record["detector_score"]) * float(record["score"])
 
 
-def reported(records: Sequence[dict], min_score: float | None) -> list[dict]:
-    """The records at an operating point: ranking score at least ``min_score``, and not
-    marked ``implausible`` by the finder's landmark check. None: all, the ranked list."""
+def reported(records: Sequence[dict], min_score: float | None, same_face_iou: float = 0.5) -> list[dict]:
+    """The records at an operating point: ranking score at least ``min_score``, not marked
+    ``implausible`` by the finder's landmark check, and one per face (a box overlapping a
+    higher-ranked one by more than ``same_face_iou``, as the trained detector's per-class
+    peaks do, is the same face). None: all, the ranked list."""
     if min_score is None:
         return list(records)
-    return [r for r in records if rank_score(r) >= min_score and not r.get("implausible")]
+    kept: list[dict] = []
+    for r in sorted((r for r in records if rank_score(r) >= min_score and not r.get("implausible")), key=lambda r: -rank_score(r)):
+        if all(iou(r["box"], k["box"]) <= same_face_iou for k in kept):
+            kept.append(r)
+    chosen = {id(r) for r in kept}
+    return [r for r in records if id(r) in chosen]  # in the finder's order
 
 
 def class_counts(records: Sequence[Mapping], classes: Sequence[str]) -> dict[str, int]:
