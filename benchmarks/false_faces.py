@@ -64,7 +64,6 @@ def main() -> int:
     add_detector_args(parser)
     args = parser.parse_args()
 
-    # The splits first: prepare's worker processes must not inherit the model's code path.
     items = {split: voc_items(args.scenes, split_names(args.scenes, split)) for split in ("val", "test")}
     model = MaskModel.from_uri(args.model, args.tracking_uri)
     stored = model.settings if args.detect is None else configured(args.detect)

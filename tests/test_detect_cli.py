@@ -181,3 +181,18 @@ def test_one_loaded_model_answers_concurrent_calls_as_it_answers_them_one_by_one
     with ThreadPoolExecutor(6) as pool:
         at_once = list(pool.map(lambda r: model.predict(r, params={"all": True}), requests * 3))
     assert at_once == one_by_one * 3
+
+
+@needs_shared
+def test_loading_a_model_leaves_no_packaged_code_on_the_path_for_spawned_processes(yunet_model):
+    from maskflow.detect import MaskModel
+
+    before = list(sys.path)
+    try:
+        model = MaskModel.from_uri("models:/m/1", yunet_model)
+    finally:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+    assert model.classifier.classes == ["with_mask", "without_mask"] and model.finder_dirs
+    assert sys.path == before  # the model's code/ folder is not left in front of the project's maskflow

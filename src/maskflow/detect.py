@@ -273,7 +273,13 @@ class MaskModel:
 
         if tracking_uri or not os.environ.get("MLFLOW_TRACKING_URI"):
             mlflow.set_tracking_uri(tracking_uri or f"sqlite:///{PROJECT_ROOT}/mlflow.db")
-        return mlflow.pyfunc.load_model(uri).unwrap_python_model().mask_model()
+        path = list(sys.path)
+        model = mlflow.pyfunc.load_model(uri).unwrap_python_model().mask_model()
+        # MLflow put the model's packaged code first on sys.path. This process already runs
+        # maskflow, but processes it spawns later (prepare's workers, a batch's actors)
+        # would import that older copy instead: take it off again.
+        sys.path[:] = path
+        return model
 
 
 def build_detector(settings: DetectorSettings, model: MaskModel, faces_only: bool = False, detect_every: int = 1,
