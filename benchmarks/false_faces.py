@@ -30,7 +30,7 @@ import cv2
 
 from maskflow import facefree
 from maskflow.data import voc_items
-from maskflow.detect import MaskModel, add_detector_args, build_detector, detector_settings, reported
+from maskflow.detect import MaskModel, add_detector_args, build_detector, detector_settings, rank_score, reported
 from maskflow.detection.settings import DetectorSettings
 from maskflow.evaluate_scenes import (
     at_operating_point,
@@ -106,7 +106,7 @@ def main() -> int:
                     x, y, w, h = f["box"]
                     crop = rgb[max(0, y - h // 2): y + h + h // 2, max(0, x - w // 2): x + w + w // 2]
                     (args.out / "false_faces").mkdir(parents=True, exist_ok=True)
-                    cv2.imwrite(str(args.out / "false_faces" / f"{name}_{k}_{f['label']}_{rank(f):.2f}.png"),
+                    cv2.imwrite(str(args.out / "false_faces" / f"{name}_{k}_{f['label']}_{rank_score(f):.2f}.png"),
                                 cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
         n = max(1, len(images))
         total_images, total_op, total_all = total_images + len(images), total_op + at_op, total_all + every
@@ -142,10 +142,6 @@ def configured(name: str) -> DetectorSettings:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"detect={name}"])
     return DetectorSettings.from_stored(OmegaConf.to_container(cfg.detect, resolve=True))
-
-
-def rank(face: dict) -> float:
-    return face["score"] * face["detector_score"]
 
 
 if __name__ == "__main__":

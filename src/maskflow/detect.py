@@ -177,6 +177,14 @@ def reported(records: Sequence[dict], min_score: float | None, same_face_iou: fl
     return [r for r in records if id(r) in chosen]  # in the finder's order
 
 
+def reporting_threshold(stored: float | None, min_score: float | None = None, every: bool = False) -> float | None:
+    """The threshold a caller's answer is reported at: none with ``every`` (the full
+    list), else ``min_score`` when given, else the model's stored operating point."""
+    if every:
+        return None
+    return float(min_score) if min_score is not None else None if stored is None else float(stored)
+
+
 def class_counts(records: Sequence[Mapping], classes: Sequence[str]) -> dict[str, int]:
     """Faces per class among the reported records (every class named, zeros included)."""
     counts = {c: 0 for c in classes}
@@ -557,8 +565,8 @@ def detector_settings(args: argparse.Namespace, stored: DetectorSettings) -> Det
     chosen = stored.with_options(max_side=args.max_side, min_face=args.min_face, min_confidence=args.min_confidence,
                                  backend=args.backend, labels=args.labels, long_side=args.long_side, flip=args.flip,
                                  peaks=args.peaks, runner_up=args.runner_up)
-    operating_point = None if args.all_faces else args.min_score if args.min_score is not None else stored.operating_point
-    return dataclasses.replace(chosen, stills=stills, finders=finders, operating_point=operating_point)
+    return dataclasses.replace(chosen, stills=stills, finders=finders,
+                               operating_point=reporting_threshold(stored.operating_point, args.min_score, args.all_faces))
 
 
 def output_path(out: Path, source: str, roots: Sequence[str], suffix: str, taken: set[Path]) -> Path:

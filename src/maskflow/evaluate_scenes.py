@@ -26,7 +26,6 @@ stderr, the others scored and reported); 2 bad arguments.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -120,7 +119,7 @@ def score_scenes(results: list[tuple[list[dict], list[tuple[str, tuple]]]], clas
     for preds, truths in results:
         preds = class_records(preds, runner_up)
         for p in preds:
-            p["rank_score"] = p["detector_score"] * p["score"]
+            p["rank_score"] = rank_score(p)
         truths_known = [(lab, box) for lab, box in truths if lab in labels]
         other_truths += len(truths) - len(truths_known)
         faces = one_per_face(preds)
@@ -462,11 +461,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.split != "all":
         names = split_names(args.folder, args.split, args.data)
     model = MaskModel.from_uri(args.model, args.tracking_uri)
-    settings = detector_settings(args, model.settings)
-    # mAP needs every candidate; the operating point (the model's, or --min-score) is
-    # where precision, recall and F1 of what a reader gets are reported.
-    threshold = settings.operating_point
-    detector = build_detector(dataclasses.replace(settings, operating_point=None), model, finder_dirs=args.finder_dir)
+    detector = build_detector(detector_settings(args, model.settings), model, finder_dirs=args.finder_dir)
+    # mAP reads every candidate (detect_scenes); the operating point (the model's, or
+    # --min-score) is where precision, recall and F1 of what a reader gets are reported.
+    threshold = detector.min_score
     if args.fit_boxes:
         fitted = fit_box_calibration(detector.finder, voc_items(args.folder, names, args.limit))
         print(f"# {fitted.pop('pairs')} matched faces of {args.folder} ({args.split} split)")

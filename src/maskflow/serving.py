@@ -154,12 +154,10 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
     def operating_point(self, params: dict[str, Any]) -> float | None:
         """The threshold a request reports faces at: its ``min_score``, else the stored
         operating point; None (every candidate) with ``all``."""
-        if params.get("all"):
-            return None
-        if params.get("min_score") is not None:
-            return float(params["min_score"])
+        from maskflow.detect import reporting_threshold
+
         stored = (getattr(self, "detector_settings", None) or {}).get("operating_point")
-        return None if stored is None else float(stored)
+        return reporting_threshold(stored, params.get("min_score"), bool(params.get("all")))
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[dict]:
         import pandas as pd
