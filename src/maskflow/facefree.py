@@ -14,6 +14,7 @@ region is worth a look before it is counted against a detector: the benchmark
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -21,6 +22,8 @@ import cv2
 import numpy as np
 
 from maskflow.imageio import DecodeError, read_image
+
+log = logging.getLogger(__name__)
 
 TEXTURES = ("lace", "tiles", "foliage", "knit", "crowd_from_behind", "polka_dots")
 
@@ -45,7 +48,8 @@ def scene_regions(items: Sequence[tuple[Path, list[tuple[str, tuple]]]], per_ima
     for path, truths in items:
         try:
             rgb = read_image(path).rgb
-        except DecodeError:
+        except DecodeError as exc:  # named, never silently dropped
+            log.warning("face-free regions: skipped %s: %s", path, exc)
             continue
         h, w = rgb.shape[:2]
         boxes = [box for _, box in truths]
