@@ -35,10 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def held_out_items(split: str = "test") -> list[tuple[Path, list]]:
     """The VOC items of mask-scenes-853's ``split``, split as the pipeline splits it."""
-    from maskflow.evaluate_scenes import split_names, voc_items
+    from maskflow.annotations import read_scenes
+    from maskflow.evaluate_scenes import split_names
 
     root = Path(os.environ.get("MASKFLOW_DATA_DIR", ROOT.parent / "shared" / "data")) / "mask-scenes-853"
-    return voc_items(root, split_names(root, split))
+    return read_scenes(root).items(split_names(root, split))
 
 
 def scene_video(items, size: tuple[int, int], frames: int, hold: int = 11) -> tuple[list[np.ndarray], list[list]]:

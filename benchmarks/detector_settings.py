@@ -32,7 +32,8 @@ def main() -> None:
     from detect_speed import held_out_items
 
     from maskflow.detect import MaskModel, build_detector
-    from maskflow.evaluate_scenes import fit_box_calibration, run_scenes
+    from maskflow.detection.calibration import fit_box_calibration
+    from maskflow.evaluate_scenes import run_scenes
 
     classifier = MaskModel.from_uri(args.model)
     test, train = held_out_items("test"), held_out_items("train")

@@ -29,7 +29,7 @@ from pathlib import Path
 import cv2
 
 from maskflow import facefree
-from maskflow.data import voc_items
+from maskflow.annotations import read_scenes
 from maskflow.detect import MaskModel, add_detector_args, build_detector, detector_settings, rank_score, reported
 from maskflow.detection.settings import DetectorSettings
 from maskflow.evaluate_scenes import (
@@ -64,7 +64,7 @@ def main() -> int:
     add_detector_args(parser)
     args = parser.parse_args()
 
-    items = {split: voc_items(args.scenes, split_names(args.scenes, split)) for split in ("val", "test")}
+    items = {split: read_scenes(args.scenes).items(split_names(args.scenes, split)) for split in ("val", "test")}
     model = MaskModel.from_uri(args.model, args.tracking_uri)
     stored = model.settings if args.detect is None else configured(args.detect)
     settings = detector_settings(args, stored)

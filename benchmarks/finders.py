@@ -19,10 +19,12 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from maskflow.annotations import read_scenes
 from maskflow.config import CONF_DIR, register_configs
 from maskflow.detection.boxes import calibrated
+from maskflow.detection.calibration import fit_box_calibration
 from maskflow.detection.finders import build_finder
-from maskflow.evaluate_scenes import fit_box_calibration, score_scenes, split_names, voc_items
+from maskflow.evaluate_scenes import score_scenes, split_names
 from maskflow.imageio import read_image
 
 
@@ -53,8 +55,9 @@ def main() -> None:
         cfg = compose(config_name="config", overrides=["detect=yunet", *args.set])
     folder = Path(cfg.paths.data_dir) / "mask-scenes-853"
     finders = OmegaConf.to_container(cfg.detect.finders, resolve=True)
-    items = voc_items(folder, split_names(folder, args.split), args.limit)
-    train = voc_items(folder, split_names(folder, "train"), 200) if args.fit else []
+    scenes = read_scenes(folder)
+    items = scenes.items(split_names(folder, args.split), args.limit)
+    train = scenes.items(split_names(folder, "train"), 200) if args.fit else []
     for name in args.finders:
         if args.fit and name != "fusion":
             finders[name]["box_calibration"] = None

@@ -20,11 +20,12 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from maskflow.annotations import read_scenes
 from maskflow.config import CONF_DIR, register_configs
 from maskflow.detect import MaskModel, build_detector
 from maskflow.detection.boxes import calibrated
 from maskflow.detection.finders import build_finder
-from maskflow.evaluate_scenes import score_scenes, split_names, voc_items
+from maskflow.evaluate_scenes import score_scenes, split_names
 from maskflow.imageio import Frame, read_image
 
 CLASSES = ["with_mask", "without_mask"]
@@ -56,7 +57,7 @@ def main() -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config")
     folder = Path(cfg.paths.data_dir) / "mask-scenes-853"
-    items = voc_items(folder, split_names(folder, args.split))
+    items = read_scenes(folder).items(split_names(folder, args.split))
     finders = OmegaConf.to_container(cfg.detect.finders, resolve=True)
     baseline = build_finder("ultraface", finders, [cfg.paths.face_weights_dir])
     model = MaskModel.from_uri(args.model)

@@ -152,9 +152,10 @@ def test_scene_evaluation_names_unreadable_images_and_exits_1(yunet_model, tmp_p
                            "--model", "models:/m/1", "--tracking-uri", yunet_model],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "maksssksksss1.jpg: unreadable" in proc.stderr and "maksssksksss2.jpg: unreadable" in proc.stderr
+    assert "maksssksksss1.jpg: unreadable" in proc.stderr  # the image: named when it is decoded
+    assert "annotations/maksssksksss2.xml: image_missing" in proc.stderr  # the label file: named when it is read
     metrics = json.loads(proc.stdout[proc.stdout.index("{"):])
-    assert metrics["scenes_images"] == 1 and metrics["scenes_images_skipped"] == 2
+    assert (metrics["scenes_images"], metrics["scenes_images_skipped"], metrics["labels_skipped"]) == (1, 1, 1)
 
 
 @needs_shared

@@ -24,9 +24,9 @@ def test_drawn_textures_are_the_same_every_time_and_differ_by_kind_and_seed():
 
 @needs_shared
 def test_scene_regions_overlap_no_annotated_face():
-    from maskflow.data import voc_items
+    from maskflow.annotations import read_scenes
 
-    items = voc_items(SCENES)[:20]
+    items = read_scenes(SCENES).items(limit=20)
     regions = list(facefree.scene_regions(items, per_image=2, margin=0.0))
     assert len(regions) >= 10 and all(min(rgb.shape[:2]) >= 96 for _, rgb in regions)
     assert [n for n, _ in facefree.scene_regions(items, per_image=2, margin=0.0)] == [n for n, _ in regions]
@@ -49,7 +49,7 @@ def test_scene_regions_overlap_no_annotated_face():
 def test_the_landmark_check_marks_false_faces_on_lace_and_keeps_the_real_faces(tmp_path):
     from omegaconf import OmegaConf
 
-    from maskflow.data import voc_items
+    from maskflow.annotations import read_scenes
     from maskflow.detection.finders import build_finder
     from maskflow.imageio import read_image
 
@@ -60,7 +60,7 @@ def test_the_landmark_check_marks_false_faces_on_lace_and_keeps_the_real_faces(t
     assert len(lace) >= 10  # the pattern does fool YuNet (score >= 0.3) ...
     assert np.mean([not f.plausible for f in lace]) >= 0.3  # ... and the check marks a good share of those faces
     real = []
-    for path, truths in voc_items(SCENES)[:12]:
+    for path, truths in read_scenes(SCENES).items(limit=12):
         for face in finder.find(read_image(path).rgb, still=True):
             if face.score >= 0.6 and max([iou(face.box, box) for _, box in truths] or [0]) >= 0.5:
                 real.append(face.plausible)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from maskflow.annotations import read_scenes
 from maskflow.detection.boxes import calibrate_box
+from maskflow.detection.calibration import fit_box_calibration
 from maskflow.detection.mtcnn import PNET_WINDOW, FaceDetector, _scale_pyramid
-from maskflow.evaluate_scenes import fit_box_calibration, iou, voc_items
+from maskflow.evaluate_scenes import iou
 from maskflow.imageio import read_image
 
 from .conftest import FACES, SCENES, needs_shared
@@ -54,7 +56,7 @@ def test_calibrate_box_shifts_scales_and_clips():
 
 @needs_shared
 def test_fitted_calibration_moves_boxes_toward_the_annotations(detector):
-    items = voc_items(SCENES, limit=12)
+    items = read_scenes(SCENES).items(limit=12)
     fitted = fit_box_calibration(detector, items)
     assert fitted["pairs"] >= 10 and 0.7 < fitted["sw"] < 1.5 and abs(fitted["dy"]) < 0.4
     raw, calibrated = [], []

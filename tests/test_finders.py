@@ -28,7 +28,7 @@ def _finders(tmp_path):
 
 
 def _truths(name: str) -> list[tuple[int, int, int, int]]:
-    from maskflow.data import parse_voc
+    from maskflow.annotations import parse_voc
 
     return [box for _, box in parse_voc(SCENES / "annotations" / f"{name}.xml")[1]]
 

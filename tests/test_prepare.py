@@ -13,8 +13,8 @@ import numpy as np
 from PIL import Image
 
 from maskflow import prepare
+from maskflow.annotations import parse_voc, read_scenes
 from maskflow.contracts import StageContext
-from maskflow.data import list_voc_dataset, parse_voc
 
 from .conftest import copy_real_faces, needs_shared
 
@@ -115,7 +115,7 @@ def test_voc_parsing(tmp_path):
     xml = tmp_path / "a.xml"
     xml.write_text("<annotation><filename>a.jpg</filename><object><name>with_mask</name><bndbox><xmin>1</xmin>"
                    "<ymin>2</ymin><xmax>11</xmax><ymax>22</ymax></bndbox></object></annotation>")
-    assert parse_voc(xml) == ("a.jpg", [("with_mask", (1, 2, 10, 20))])
+    assert parse_voc(xml) == ("a.jpg", [("with_mask", (1, 2, 10, 20))], None)
 
 
 @needs_shared
@@ -166,8 +166,8 @@ def test_voc_files_naming_one_image_are_merged_and_ids_stay_unique(tmp_path):
 
     voc("a.xml", [(10, 10, 40, 40), (50, 10, 80, 40)])
     voc("b.xml", [(50, 10, 80, 40), (100, 10, 130, 40)])  # one face repeated, one new
-    (item,) = list_voc_dataset(root)
-    assert len(item.objects) == 3
+    (image,) = read_scenes(root).images
+    assert len(image.faces) == 3
 
 
 def test_a_folder_with_no_usable_file_stops_with_a_clear_message(tmp_path, cfg_factory):

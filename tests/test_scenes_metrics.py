@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from maskflow.annotations import read_scenes
 from maskflow.evaluate_scenes import (
     average_precision,
-    bootstrap_map50,
     compare,
     headroom,
     iou,
     paired_bootstrap,
+    scene_metrics,
     score_scenes,
-    voc_items,
 )
 
 from .conftest import SCENES, needs_shared
@@ -83,13 +83,53 @@ def test_bootstrap_interval_brackets_the_score_and_shows_how_uneven_the_scenes_a
     found = ([_face((0, 0, 20, 20), "with_mask"), _face((100, 0, 20, 20), "without_mask")],
              [("with_mask", (0, 0, 20, 20)), ("without_mask", (100, 0, 20, 20))])
     missed = ([_face((300, 300, 20, 20), "with_mask")], [("with_mask", (0, 0, 20, 20)), ("without_mask", (100, 0, 20, 20))])
-    alike = [found] * 8
-    assert bootstrap_map50(alike, classes) == (1.0, 1.0)  # every resample is the same scenes: no spread
+
+    def interval(results, key="scenes_map50"):
+        m = scene_metrics(results, classes, resamples=200)["metrics"]
+        return m[f"{key}_ci95_low"], m[f"{key}_ci95_high"]
+
+    assert interval([found] * 8) == (1.0, 1.0)  # every resample is the same scenes: no spread
     mixed = [found] * 6 + [missed] * 2
     point = score_scenes(mixed, classes)["metrics"]["scenes_map50"]
-    low, high = bootstrap_map50(mixed, classes)
+    low, high = interval(mixed)
     assert low < point < high and low < 0.8  # two bad scenes in eight move the score a lot
-    assert bootstrap_map50(mixed, classes) == (low, high)  # seeded: the same interval every time
+    assert interval(mixed) == (low, high)  # seeded: the same interval every time
+    # Every rate has one, per class and at IoU 0.3 too; counts have none.
+    m = scene_metrics(mixed, classes, resamples=50)["metrics"]
+    for key in ("scenes_ap50_with_mask", "scenes_ap30_without_mask", "scenes_map30", "scenes_det_recall"):
+        assert m[f"{key}_ci95_low"] <= m[key] <= m[f"{key}_ci95_high"], key
+    assert "scenes_faces_ci95_low" not in m and m["scenes_faces_with_mask"] == 8
+
+
+def test_bootstrap_by_weights_equals_scoring_the_drawn_images():
+    """A resample counts each drawn image as often as it was drawn: the same AP as scoring
+    the repeated images themselves."""
+    import numpy as np
+
+    from maskflow.evaluate_scenes import _match, _summary
+
+    classes = ["with_mask", "without_mask"]
+    rng = np.random.default_rng(3)
+    results = []
+    for _ in range(12):
+        truths = [(str(rng.choice(classes)), (int(x), 0, 20, 20)) for x in rng.choice(400, 3, replace=False) * 30]
+        preds = [_face((x + int(rng.integers(-4, 5)), 0, 20, 20), str(rng.choice(classes)), float(rng.uniform(0.3, 1)),
+                       float(rng.uniform(0.3, 1))) for _, (x, *_r) in truths if rng.uniform() < 0.8]
+        results.append((preds, truths))
+    draw = rng.integers(len(results), size=len(results))
+    weights = np.bincount(draw, minlength=len(results)).astype(float)
+    weighted = _summary(_match(results, classes, 0.5, None), classes, weights)
+    direct = score_scenes([results[i] for i in draw], classes)["metrics"]
+    for key in ("scenes_map50", "scenes_ap50_with_mask", "scenes_det_precision", "scenes_det_recall", "scenes_faces"):
+        assert weighted[key] == pytest.approx(direct[key]), key
+
+
+def test_ap_at_iou_0_3_counts_a_box_drawn_in_another_convention():
+    """A whole-head box around a found face: a miss at IoU 0.5, a hit at 0.3."""
+    face = (100, 100, 40, 50)
+    head = (94, 66, 52, 75)  # 1.3x wider, 1.5x taller, centred 0.28 of its height higher: IoU 0.39
+    m = scene_metrics([([_face(face, "with_mask")], [("with_mask", head)])], ["with_mask"])["metrics"]
+    assert m["scenes_ap50_with_mask"] == 0.0 and m["scenes_ap30_with_mask"] == 1.0 and m["scenes_map30"] == 1.0
 
 
 def test_paired_bootstrap_tells_a_better_setting_from_an_equal_one():
@@ -111,7 +151,7 @@ def test_paired_bootstrap_tells_a_better_setting_from_an_equal_one():
 def test_compare_scores_two_prediction_files_on_the_annotations(tmp_path):
     import json
 
-    items = voc_items(SCENES)[:4]
+    items = read_scenes(SCENES).items(limit=4)
     perfect = tmp_path / "a.jsonl"
     perfect.write_text("".join(json.dumps({"source": str(path), "frame": 0, "faces": [_face(box, label) for label, box in truths]}) + "\n"
                                for path, truths in items))
@@ -145,7 +185,7 @@ def test_split_names_split_a_voc_folder_as_the_pipeline_does(tmp_path):
     names = {s: split_names(folder, s, overrides=cache) for s in ("train", "val", "test")}
     assert names["test"] and names["train"]
     assert not (names["test"] & names["train"]) and not (names["test"] & names["val"])
-    assert set().union(*names.values()) == {p.name for p in (folder / "images").iterdir()}
+    assert set().union(*names.values()) == {f"images/{p.name}" for p in (folder / "images").iterdir()}
     assert split_names(folder, "test", overrides=cache) == names["test"]  # deterministic
 
 

@@ -60,8 +60,11 @@ class TrainedDetector:
 
 @dataclass(frozen=True)
 class Evaluation:
+    """Output of ``evaluate``: its metrics, and what it decided for the registered model."""
+
     metrics: dict[str, float]
     report_dir: Path
+    box_calibration: dict[str, float] | None = None  # fitted on a scene set (evaluate.box_calibration); None: conf/detect's
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The data layer: listing a data folder, VOC annotations and prepare's manifest.
+"""The data layer: listing a data folder (class folders, or scenes through :mod:`maskflow.annotations`) and prepare's manifest.
 
 Stages import these; the ``prepare`` stage writes manifests with :data:`MANIFEST_FIELDS`
 and the others read them with :func:`read_manifest`.
@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import csv
 import logging
-import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from maskflow.annotations import CLASSES, FORMATS, SceneSet, read_scenes
 from maskflow.cache import digest
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ MANIFEST_FIELDS = [
 
 @dataclass(frozen=True)
 class Item:
-    """One file to process, with its label (folder sets) or its VOC objects (scene sets)."""
+    """One file to process, with its label (folder sets) or its faces (scene sets: VOC, YOLO, COCO)."""
 
     path: Path
     rel: str
@@ -47,70 +47,51 @@ def list_folder_dataset(root: Path) -> list[Item]:
     return items
 
 
-def parse_voc(xml_path: Path) -> tuple[str, list[tuple[str, tuple[int, int, int, int]]]]:
-    """(image file name, [(class, (x, y, w, h)), ...]) from a PASCAL VOC annotation."""
-    tree = ET.parse(xml_path)
-    filename = (tree.findtext("filename") or "").strip()
-    objects = []
-    for obj in tree.iter("object"):
-        name = (obj.findtext("name") or "").strip()
-        bb = obj.find("bndbox")
-        if not name or bb is None:
-            continue
-        x0, y0, x1, y1 = (int(round(float(bb.findtext(k) or 0))) for k in ("xmin", "ymin", "xmax", "ymax"))
-        objects.append((name, (x0, y0, x1 - x0, y1 - y0)))
-    return filename, objects
-
-
-def list_voc_dataset(root: Path, images: str = "images", annotations: str = "annotations") -> list[Item]:
-    """One item per annotated image. Annotation files that name the same image are merged
-    (their faces together, exact repeats once) and the merge is logged, so no face is lost
-    and every sample id stays unique."""
-    items, seen = [], {}  # image name -> index in items
-    image_dir = root / images
-    for xml_path in sorted((root / annotations).glob("*.xml")):
-        rel_xml = xml_path.relative_to(root).as_posix()
-        try:
-            filename, objects = parse_voc(xml_path)
-        except (ET.ParseError, ValueError) as exc:
-            items.append(Item(path=xml_path, rel=rel_xml, label=None, problem=f"bad_annotation: {exc}"))
-            continue
-        path = image_dir / (filename or xml_path.stem + ".jpg")
-        if not path.exists():
-            items.append(Item(path=xml_path, rel=rel_xml, label=None, problem="image_missing"))
-            continue
-        if path.name in seen:
-            first = items[seen[path.name]]
-            merged = tuple(dict.fromkeys(first.objects + tuple(objects)))
-            log.warning("prepare: %s also annotates %s: merged (%d + %d faces -> %d)", rel_xml, path.name,
-                        len(first.objects), len(objects), len(merged))
-            items[seen[path.name]] = Item(path=first.path, rel=first.rel, label=None, objects=merged)
-            continue
-        seen[path.name] = len(items)
-        items.append(Item(path=path, rel=path.relative_to(root).as_posix(), label=None, objects=tuple(objects)))
-    if image_dir.is_dir():
-        for path in sorted(image_dir.iterdir()):
-            if path.is_file() and path.name not in seen:
-                items.append(Item(path=path, rel=path.relative_to(root).as_posix(), label=None, problem="no_annotation"))
-    return items
-
-
 def list_items(data_cfg: DictConfig) -> list[Item]:
     root = Path(data_cfg.root)
-    if not root.is_dir():
+    if not root.is_dir() and not (data_cfg.format == "coco" and root.is_file()):  # a COCO set may be named by its JSON
         raise FileNotFoundError(
             f"data folder {root} does not exist: set data.root=<dir> or MASKFLOW_DATA_DIR "
             "(the folder that holds mask-faces-4k/ and mask-scenes-853/)"
         )
     if data_cfg.format == "folders":
         items = list_folder_dataset(root)
-    elif data_cfg.format == "voc":
-        items = list_voc_dataset(root, data_cfg.get("images", "images"), data_cfg.get("annotations", "annotations"))
+    elif data_cfg.format in FORMATS:
+        items = scene_items(scene_set(data_cfg))
     else:
-        raise ValueError(f"data.format must be 'folders' or 'voc', got {data_cfg.format!r}")
+        raise ValueError(f"data.format must be 'folders' or one of {', '.join(FORMATS)}, got {data_cfg.format!r}")
     limit = data_cfg.get("limit_per_class")
     if limit:
         items = limit_items(items, int(limit))
+    return items
+
+
+def scene_classes(data_cfg: DictConfig) -> tuple[str, ...]:
+    """The classes a scene set's names are mapped to: ``data.classes``, else maskflow's."""
+    return tuple(data_cfg.get("classes") or CLASSES)
+
+
+def scene_set(data_cfg: DictConfig, root: Path | None = None) -> SceneSet:
+    """A scene data config's labelled images (``data.format`` voc | yolo | coco, with its
+    ``class_map`` and YOLO ``names``), read by :func:`maskflow.annotations.read_scenes`."""
+    class_map = data_cfg.get("class_map")
+    names = data_cfg.get("names")
+    return read_scenes(Path(root or data_cfg.root), str(data_cfg.format),
+                       names=list(names) if names else None,
+                       class_map=OmegaConf.to_container(class_map) if isinstance(class_map, DictConfig) else class_map,
+                       classes=scene_classes(data_cfg), images=data_cfg.get("images", "images"),
+                       annotations=data_cfg.get("annotations", "annotations"))
+
+
+def scene_items(scenes: SceneSet) -> list[Item]:
+    """prepare's items of a scene set: one per labelled image, and one per bad label file
+    or unlabelled image, skipped with its reason."""
+    items = [Item(path=im.path, rel=im.rel, label=None, objects=im.faces) for im in scenes.images]
+    for problem in scenes.problems:
+        log.warning("prepare: skipped %s", problem)
+        items.append(Item(path=scenes.root / problem.source, rel=problem.source, label=None,
+                          problem=f"{problem.reason}: {problem.detail}"))
+    items += [Item(path=scenes.root / rel, rel=rel, label=None, problem="no_annotation") for rel in scenes.unlabelled]
     return items
 
 
@@ -127,18 +108,6 @@ def limit_items(items: list[Item], limit: int) -> list[Item]:
     for label in sorted(by_label):
         kept += sorted(by_label[label], key=lambda it: digest(it.rel))[:limit]
     return sorted(kept, key=lambda it: it.rel)
-
-
-def voc_items(folder: Path, names: set[str] | None = None, limit: int | None = None) -> list[tuple[Path, list]]:
-    """(image, [(class, box), ...]) of a VOC folder's annotations (those naming an image in ``names``)."""
-    items = []
-    for xml in sorted((folder / "annotations").glob("*.xml")):
-        filename, objects = parse_voc(xml)
-        image = folder / "images" / filename
-        # A missing image stays listed: its reader names it (skipped, not silently lost).
-        if names is None or image.name in names:
-            items.append((image, [(label, box) for label, box in objects]))
-    return items[:limit] if limit else items
 
 
 def read_manifest(path: Path, split: str | None = None) -> list[dict[str, str]]:

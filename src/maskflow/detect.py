@@ -297,7 +297,7 @@ def build_detector(settings: DetectorSettings, model: MaskModel, faces_only: boo
     (:func:`maskflow.detection.finders.build_finder`, files from ``finder_dirs``, else the
     model's own), paired with the model's classifier."""
     labels = settings.labels if settings.backend == "facedet" and not faces_only else "classifier"
-    calibration = settings.box_calibration
+    calibration = settings.calibration()  # the finder's boxes -> the annotations' convention
     if faces_only:
         finder = None
     elif settings.backend == "facedet":
@@ -309,12 +309,10 @@ def build_detector(settings: DetectorSettings, model: MaskModel, faces_only: boo
         # Per-class peaks name their class, so they only make sense with the detector's labels.
         finder = CenterNetFinder.from_settings(model.face_model, model.face_classes, settings,
                                                per_class=settings.peaks == "class" and labels == "detector")
-        calibration = None  # trained boxes already follow the annotations
     elif settings.backend == "mtcnn":
         finder = mtcnn_finder({"min_face": settings.min_face, "max_side": settings.max_side, "thresholds": settings.thresholds})
     elif settings.backend in FINDERS:
         finder = build_finder(settings.backend, settings.finders, list(finder_dirs) or model.finder_dirs)
-        calibration = (settings.finders.get(settings.backend) or {}).get("box_calibration")
     else:
         raise ValueError(f"unknown detector backend {settings.backend!r} (facedet | {' | '.join(FINDERS)})")
     return Detector(model.classifier, finder, settings, labels=labels, box_calibration=calibration, faces_only=faces_only,

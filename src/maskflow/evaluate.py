@@ -20,11 +20,14 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from maskflow import prepare
+from maskflow.annotations import FORMATS as SCENE_FORMATS
 from maskflow.cache import atomic_write_json, digest, read_json, sha256_file, stage_cache
 from maskflow.contracts import Evaluation, PreparedData, StageContext, TrainedModel
-from maskflow.data import read_manifest
+from maskflow.data import read_manifest, scene_set
 from maskflow.datasets import image_dataset, split_arrays
 from maskflow.detect import Classifier, MaskModel, build_detector
+from maskflow.detection.calibration import KEYS as CALIBRATION_KEYS
+from maskflow.detection.calibration import fit_calibration
 from maskflow.detection.settings import DetectorSettings
 from maskflow.evaluate_scenes import (
     at_operating_point,
@@ -33,7 +36,6 @@ from maskflow.evaluate_scenes import (
     face_outcomes,
     run_scenes,
     score_scenes,
-    voc_items,
 )
 from maskflow.imageio import DecodeError, Frame, read_image
 
@@ -237,9 +239,10 @@ def load_model(path: Path):
 
 
 # Bump when what the stage computes changes, so cached evaluations are not reused.
-EVALUATE_VERSION = 6  # 3: per-part test metrics, any finder on close-ups (xtest_<set>_detect_*); 4: detection's classifier
+EVALUATE_VERSION = 7  # 3: per-part test metrics, any finder on close-ups (xtest_<set>_detect_*); 4: detection's classifier
 # through TFLite; 5: scene detection precision and accuracy count each face once (detect.one_per_face); 6: one record per
-# face with its class probabilities, the operating point chosen on val (operating_point, scenes_*op_*)
+# face with its class probabilities, the operating point chosen on val (operating_point, scenes_*op_*); 7: scenes in any
+# label format, AP at IoU 0.3 too, every rate with its interval, the box calibration fitted on a scene set (box_calibration_*)
 
 
 def run(cfg: DictConfig, ctx: StageContext) -> Evaluation:
@@ -268,7 +271,8 @@ def run(cfg: DictConfig, ctx: StageContext) -> Evaluation:
         if "operating_point" in metrics:  # the value stored with the registered model
             mlflow.log_param("operating_point", metrics["operating_point"])
         mlflow.log_artifacts(str(out), "evaluate")
-    return Evaluation(metrics=metrics, report_dir=out)
+    calibration = {k: metrics[f"box_calibration_{k}"] for k in CALIBRATION_KEYS} if "box_calibration_dx" in metrics else None
+    return Evaluation(metrics=metrics, report_dir=out, box_calibration=calibration)
 
 
 def _evaluate(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str, float]:
@@ -319,10 +323,10 @@ def _scenes(cfg: DictConfig, ctx: StageContext, model, size: int, classes: list[
     sc = cfg.evaluate.scenes
     data_cfg, prepared = prepare.prepared_for(cfg, ctx, str(sc.data), f"xtest_{str(sc.data).replace('-', '_')}")
     limit = int(sc.limit) if sc.get("limit") else None
+    scenes = scene_set(data_cfg)
 
     def items(split: str):
-        names = {Path(r["path"]).name for r in read_manifest(prepared.manifest, split)}
-        return voc_items(Path(data_cfg.root), names, limit)
+        return scenes.items({r["path"] for r in read_manifest(prepared.manifest, split)}, limit)
 
     # conf/detect, as registered with the model: what is evaluated is what gets served.
     facedet = ctx.results.get("facedet")
@@ -331,6 +335,11 @@ def _scenes(cfg: DictConfig, ctx: StageContext, model, size: int, classes: list[
     settings = DetectorSettings.from_stored(OmegaConf.to_container(cfg.detect, resolve=True))
     mask_model = MaskModel(Classifier(model, classes, size, trained.tflite_path), settings,
                            face_model, list(facedet.classes) if face_model else [], [str(cfg.paths.face_weights_dir)])
+    calibration: dict[str, float] = {}
+    if cfg.evaluate.get("box_calibration") and cfg.evaluate.box_calibration.get("data"):
+        calibration = _fit_box_calibration(cfg, ctx, build_detector(dataclasses.replace(settings, operating_point=None),
+                                                                    mask_model))
+        settings = settings.with_calibration({k: calibration[f"box_calibration_{k}"] for k in CALIBRATION_KEYS})
     # mAP ranks every candidate: the detector evaluated reports them all.
     detector = build_detector(dataclasses.replace(settings, operating_point=None), mask_model)
     test_items = items(str(sc.split))
@@ -340,11 +349,35 @@ def _scenes(cfg: DictConfig, ctx: StageContext, model, size: int, classes: list[
     atomic_write_json(out / "scenes_metrics.json", scored)
     log.info("evaluate: scenes (%d %s images of %s): %s", len(test_items), sc.split, sc.data,
              {k: round(v, 4) for k, v in scored["metrics"].items()})
-    metrics = dict(scored["metrics"])
+    metrics = {**scored["metrics"], **calibration}
     metrics.update(_operating_point(cfg, detector, settings, items, test_results, out))
-    if str(cfg.data.get("format", "folders")) != "voc" and str(sc.data) != cfg.data.name:
+    if str(cfg.data.get("format", "folders")) not in SCENE_FORMATS and str(sc.data) != cfg.data.name:
         metrics.update(_detector_on_test_images(cfg, ctx, detector, limit))
     return metrics
+
+
+def _fit_box_calibration(cfg: DictConfig, ctx: StageContext, detector) -> dict[str, float]:
+    """The finder's box calibration fitted on the train split of ``evaluate.box_calibration.data``
+    (a scene set in its own box convention, a user's say), so the registered model reports
+    boxes as that set's annotators draw them; ``box_calibration_*`` metrics."""
+
+    name = str(cfg.evaluate.box_calibration.data)
+    data_cfg, prepared = prepare.prepared_for(cfg, ctx, name, f"xtest_{name.replace('-', '_')}")
+    limit = cfg.evaluate.box_calibration.get("limit")
+    train = scene_set(data_cfg).items({r["path"] for r in read_manifest(prepared.manifest, "train")}, int(limit) if limit else None)
+    images = []
+    for path, truths in tqdm(train, desc="box calibration", unit="image", disable=None, leave=False):
+        try:
+            rgb = read_image(path).rgb
+        except DecodeError:
+            continue
+        faces = detector.find(Frame(str(path), 0, rgb, False)) or []
+        images.append(([f.box for f in faces], [box for _, box in truths], (rgb.shape[1], rgb.shape[0])))
+    calibration, fit = fit_calibration(images, detector.settings.calibration())
+    log.info("evaluate: box calibration fitted on %d train scenes of %s: %s (%d faces, median IoU %.3f)", len(images), name,
+             calibration, fit["pairs"], fit["median_iou"])
+    return {**{f"box_calibration_{k}": v for k, v in calibration.items()}, "box_calibration_pairs": fit["pairs"],
+            "box_calibration_median_iou": fit["median_iou"], "box_calibration_images": float(len(images))}
 
 
 def _operating_point(cfg: DictConfig, detector, settings: DetectorSettings, items, test_results: list, out: Path

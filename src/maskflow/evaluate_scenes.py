@@ -1,17 +1,23 @@
-"""End-to-end evaluation of detect-then-classify on VOC-annotated scenes.
+"""End-to-end evaluation of detect-then-classify on labelled scenes (VOC, YOLO or COCO).
 
-    python -m maskflow.evaluate_scenes DIR [--split test|val|train|all] [--model URI] [--limit N] [--out DIR]
+    python -m maskflow.evaluate_scenes DIR [--format voc|yolo|coco] [--class-map NAME=CLASS,...] [--names a,b,c]
+                                       [--split test|val|train|all] [--model URI] [--limit N] [--out DIR]
 
-DIR holds ``images/`` and ``annotations/`` (PASCAL VOC). By default only its held-out
-(test) split is scored, split exactly as the pipeline splits it. Predicted faces are matched to
-ground-truth boxes at IoU >= 0.5. Reported, from the full ranked list of candidates:
-detection precision/recall (each face once), per-class AP (VOC all-point interpolation,
-ranked by detector score x class score; an unsure face also stands for each other class
-of probability >= ``detect.runner_up``), ``scenes_map50`` (mean over classes present),
-accuracy of the classifier over matched faces, a confusion matrix with "missed" and
-"spurious", and the 95% bootstrap interval of ``scenes_map50`` over the images
-(``--bootstrap``). At the model's operating point (or ``--min-score``), what a reader
-gets: ``op_precision``, ``op_recall``, ``op_f1`` of box and label together, with intervals.
+DIR holds labelled scene photos in any format :mod:`maskflow.annotations` reads (by
+default the one it finds). By default only its held-out (test) split is scored, split
+exactly as the pipeline splits it; ``--split all`` scores every image (a set the model
+never saw). Predicted faces are matched to labelled boxes at IoU >= 0.5 and, for the
+per-class AP, also at IoU >= 0.3 (a box found but drawn otherwise than the annotators
+draw it: ``python -m maskflow.calibrate`` learns their convention). Reported, from the
+full ranked list of candidates: detection precision/recall (each face once), per-class
+AP (VOC all-point interpolation, ranked by detector score x class score; an unsure face
+also stands for each other class of probability >= ``detect.runner_up``), ``scenes_map50``
+and ``scenes_map30`` (means over the classes present), accuracy of the classifier over
+matched faces, a confusion matrix with "missed" and "spurious", and each rate's 95%
+bootstrap interval over the images (``--bootstrap``). At the model's operating point
+(or ``--min-score``), what a reader gets: ``op_precision``, ``op_recall``, ``op_f1`` of box
+and label together, with intervals. stdout: the metrics as JSON; stderr: a table per
+class, and every label file or image that could not be used.
 
     python -m maskflow.evaluate_scenes DIR --compare A.jsonl B.jsonl
 
@@ -19,8 +25,8 @@ scores two saved prediction files on the same images, paired (:func:`paired_boot
 is setting A really better than B on this split?
 The evaluate stage runs the same code on the held-out scene split.
 
-Exit codes: 0 every image was scored; 1 some image could not be read (each named on
-stderr, the others scored and reported); 2 bad arguments.
+Exit codes: 0 every image was scored; 1 some label file or image could not be used (each
+named on stderr, the others scored and reported); 2 bad arguments or no readable labels.
 """
 
 from __future__ import annotations
@@ -33,15 +39,17 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf, open_dict
 from tqdm import tqdm
 
-from maskflow.config import CONF_DIR, register_configs
+from maskflow.annotations import FORMATS, LabelFormatError, SceneSet, add_label_args, label_options, read_scenes, require_mapped
+from maskflow.config import CONF_DIR, compose_option, register_configs
 from maskflow.contracts import StageContext
-from maskflow.data import read_manifest, voc_items
+from maskflow.data import read_manifest
 from maskflow.detect import MaskModel, add_detector_args, build_detector, detector_settings, one_per_face, rank_score
 from maskflow.detection.boxes import iou
 from maskflow.imageio import DecodeError, Frame, read_image
@@ -51,21 +59,25 @@ IOU = 0.5
 log = logging.getLogger(__name__)
 
 
-def average_precision(scores: list[float], hits: list[bool], n_truth: int) -> float:
-    """VOC all-point interpolated AP of ranked predictions (hits: matched a new truth)."""
+def average_precision(scores: Sequence[float], hits: Sequence[bool], n_truth: float,
+                      weights: Sequence[float] | None = None) -> float:
+    """VOC all-point interpolated AP of ranked predictions (hits: matched a new truth).
+    ``weights``: how many times each prediction counts (a bootstrap draws its image so
+    often; 0 leaves it out), the same as repeating it."""
     if n_truth == 0:
         return float("nan")
-    if not scores:
+    if len(scores) == 0:
         return 0.0
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    tp = np.cumsum(np.asarray(hits, dtype=float)[order])
-    fp = np.cumsum(1.0 - np.asarray(hits, dtype=float)[order])
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    hit = np.asarray(hits, dtype=float)[order]
+    w = np.ones(len(order)) if weights is None else np.asarray(weights, np.float64)[order]
+    tp = np.cumsum(w * hit)
+    fp = np.cumsum(w * (1.0 - hit))
     recall = tp / n_truth
     precision = tp / np.maximum(tp + fp, 1e-12)
     mrec = np.concatenate([[0.0], recall, [1.0]])
     mpre = np.concatenate([[0.0], precision, [0.0]])
-    for i in range(len(mpre) - 2, -1, -1):
-        mpre[i] = max(mpre[i], mpre[i + 1])
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # the best precision at this recall or beyond
     idx = np.nonzero(mrec[1:] != mrec[:-1])[0]
     return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
 
@@ -103,63 +115,128 @@ def class_records(preds: Sequence[dict], runner_up: float | None) -> list[dict]:
     return out
 
 
-def score_scenes(results: list[tuple[list[dict], list[tuple[str, tuple]]]], classes: Sequence[str], min_iou: float = IOU,
-                 runner_up: float | None = None) -> dict:
-    """Metrics from (predictions, ground truths) per image; a match needs IoU >= ``min_iou``.
-    Per-class AP ranks every face for its label and, with ``runner_up``, for each other
-    likely class (:func:`class_records`); detection precision/recall, accuracy and the
-    confusion matrix take each face once, with its most likely class."""
-    n_pred = n_truth = n_matched = n_correct = 0
+@dataclass
+class _Matched:
+    """Every image's matches at one IoU, flat, so that a bootstrap only re-weights images.
+    Per image: faces reported once each (``faces``), annotated faces of the scored
+    classes (``truths``), faces matched to one (``matched``), and matched with the right
+    label (``correct``); per class, each ranked record's image, score and hit."""
+
+    faces: np.ndarray
+    truths: np.ndarray
+    matched: np.ndarray
+    correct: np.ndarray
+    other_truths: np.ndarray
+    truths_by_class: dict[str, np.ndarray]
+    records: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # class -> (image index, score, hit)
+    confusion: np.ndarray
+
+
+def _match(results: Sequence[tuple[list[dict], list[tuple[str, tuple]]]], classes: Sequence[str], min_iou: float,
+           runner_up: float | None) -> _Matched:
     labels = list(classes)
-    rows = labels + ["spurious"]
-    cols = labels + ["missed"]
+    rows, cols = labels + ["spurious"], labels + ["missed"]
+    n = len(results)
+    counts = {k: np.zeros(n) for k in ("faces", "truths", "matched", "correct", "other_truths")}
+    by_class = {c: np.zeros(n) for c in labels}
+    recs: dict[str, list[tuple[int, float, bool]]] = {c: [] for c in labels}
     cm = np.zeros((len(rows), len(cols)), dtype=np.int64)
-    per_class = {c: {"scores": [], "hits": [], "n": 0} for c in labels}
-    other_truths = 0
-    for preds, truths in results:
+    for i, (preds, truths) in enumerate(results):
         preds = class_records(preds, runner_up)
         for p in preds:
             p["rank_score"] = rank_score(p)
         truths_known = [(lab, box) for lab, box in truths if lab in labels]
-        other_truths += len(truths) - len(truths_known)
+        counts["other_truths"][i] = len(truths) - len(truths_known)
         faces = one_per_face(preds)
-        n_pred += len(faces)
-        n_truth += len(truths_known)
-        any_match = _greedy_match(faces, truths_known, same_class=False, min_iou=min_iou)
+        counts["faces"][i], counts["truths"][i] = len(faces), len(truths_known)
         matched_truths = set()
-        for p, j in zip(faces, any_match):
+        for p, j in zip(faces, _greedy_match(faces, truths_known, same_class=False, min_iou=min_iou)):
             if j is None:
                 cm[rows.index("spurious"), cols.index(p["label"])] += 1
             else:
                 matched_truths.add(j)
-                n_matched += 1
-                n_correct += int(p["label"] == truths_known[j][0])
+                counts["matched"][i] += 1
+                counts["correct"][i] += int(p["label"] == truths_known[j][0])
                 cm[rows.index(truths_known[j][0]), cols.index(p["label"])] += 1
         for j, (lab, _) in enumerate(truths_known):
+            by_class[lab][i] += 1
             if j not in matched_truths:
                 cm[rows.index(lab), cols.index("missed")] += 1
-        class_match = _greedy_match(preds, truths_known, same_class=True, min_iou=min_iou)
-        for p, j in zip(preds, class_match):
-            per_class[p["label"]]["scores"].append(p["rank_score"])
-            per_class[p["label"]]["hits"].append(j is not None)
-        for lab, _ in truths_known:
-            per_class[lab]["n"] += 1
-    metrics = {
-        "scenes_images": float(len(results)),
-        "scenes_faces": float(n_truth),
-        "scenes_det_precision": n_matched / n_pred if n_pred else 0.0,
-        "scenes_det_recall": n_matched / n_truth if n_truth else 0.0,
-        "scenes_cls_accuracy": n_correct / n_matched if n_matched else 0.0,
-        "scenes_ignored_other_classes": float(other_truths),
-    }
+        for p, j in zip(preds, _greedy_match(preds, truths_known, same_class=True, min_iou=min_iou)):
+            recs[p["label"]].append((i, p["rank_score"], j is not None))
+    records = {c: (np.array([r[0] for r in v], np.int64), np.array([r[1] for r in v], np.float64),
+                   np.array([r[2] for r in v], bool)) for c, v in recs.items()}
+    return _Matched(**counts, truths_by_class=by_class, records=records, confusion=cm)
+
+
+def _summary(m: _Matched, classes: Sequence[str], weights: np.ndarray | None = None, tag: str = "50",
+             detection: bool = True) -> dict[str, float]:
+    """The scene metrics of matched images, each image counted ``weights[i]`` times."""
+    w = np.ones(len(m.faces)) if weights is None else weights
+    total = {k: float(np.dot(w, getattr(m, k))) for k in ("faces", "truths", "matched", "correct", "other_truths")}
+    out: dict[str, float] = {}
+    if detection:
+        out = {"scenes_images": float(w.sum()), "scenes_faces": total["truths"],
+               "scenes_det_precision": total["matched"] / total["faces"] if total["faces"] else 0.0,
+               "scenes_det_recall": total["matched"] / total["truths"] if total["truths"] else 0.0,
+               "scenes_cls_accuracy": total["correct"] / total["matched"] if total["matched"] else 0.0,
+               "scenes_ignored_other_classes": total["other_truths"]}
     aps = []
-    for c in labels:
-        ap = average_precision(per_class[c]["scores"], per_class[c]["hits"], per_class[c]["n"])
+    for c in classes:
+        image, score, hit = m.records[c]
+        n_truth = float(np.dot(w, m.truths_by_class[c]))
+        if detection:
+            out[f"scenes_faces_{c}"] = n_truth
+        ap = average_precision(score, hit, n_truth, w[image] if len(image) else None)
         if ap == ap:
-            metrics[f"scenes_ap50_{c}"] = ap
+            out[f"scenes_ap{tag}_{c}"] = ap
             aps.append(ap)
-    metrics["scenes_map50"] = float(np.mean(aps)) if aps else 0.0
-    return {"metrics": metrics, "confusion": {"rows": rows, "cols": cols, "matrix": cm.tolist()}}
+    out[f"scenes_map{tag}"] = float(np.mean(aps)) if aps else 0.0
+    return out
+
+
+def score_scenes(results: list[tuple[list[dict], list[tuple[str, tuple]]]], classes: Sequence[str], min_iou: float = IOU,
+                 runner_up: float | None = None) -> dict:
+    """Metrics from (predictions, ground truths) per image; a match needs IoU >= ``min_iou``
+    (the keys say ap50 whatever it is; :func:`scene_metrics` names both IoUs).
+    Per-class AP ranks every face for its label and, with ``runner_up``, for each other
+    likely class (:func:`class_records`); detection precision/recall, accuracy and the
+    confusion matrix take each face once, with its most likely class."""
+    matched = _match(results, classes, min_iou, runner_up)
+    labels = list(classes)
+    return {"metrics": _summary(matched, labels),
+            "confusion": {"rows": labels + ["spurious"], "cols": labels + ["missed"], "matrix": matched.confusion.tolist()}}
+
+
+# Counts, not rates: no interval.
+_COUNTS = ("scenes_images", "scenes_faces", "scenes_ignored_other_classes")
+
+
+def scene_metrics(results: list[tuple[list[dict], list[tuple[str, tuple]]]], classes: Sequence[str],
+                  runner_up: float | None = None, resamples: int = 0, level: float = 0.95, seed: int = 0) -> dict:
+    """:func:`score_scenes` at IoU 0.5, and per-class AP and mAP at IoU 0.3 too
+    (``scenes_ap30_*``, ``scenes_map30``: boxes found but placed otherwise than the
+    annotators place them); with ``resamples``, each rate's bootstrap interval over the
+    images (``<metric>_ci95_low``/``_high``). AP pools faces over images, so one crowd
+    photo can hold a sixth of a split's faces: a difference inside these widths is not yet
+    a difference."""
+    labels = list(classes)
+    at50, at30 = _match(results, labels, IOU, runner_up), _match(results, labels, 0.3, runner_up)
+
+    def summary(weights=None):
+        return {**_summary(at50, labels, weights), **_summary(at30, labels, weights, tag="30", detection=False)}
+
+    metrics = summary()
+    if resamples and results:
+        rng = np.random.default_rng(seed)
+        draws = [summary(np.bincount(rng.integers(len(results), size=len(results)), minlength=len(results)).astype(float))
+                 for _ in range(resamples)]
+        for key in [k for k in metrics if k not in _COUNTS and not k.startswith("scenes_faces_")]:
+            # A class absent from a resample has no AP there: its interval is over the others.
+            values = [d[key] for d in draws if key in d]
+            metrics[f"{key}_ci95_low"], metrics[f"{key}_ci95_high"] = _interval(values or [metrics[key]], level)
+    return {"metrics": metrics,
+            "confusion": {"rows": labels + ["spurious"], "cols": labels + ["missed"], "matrix": at50.confusion.tolist()}}
 
 
 def headroom(results: list[tuple[list[dict], list[tuple[str, tuple]]]], classes: Sequence[str]) -> dict[str, float]:
@@ -181,19 +258,6 @@ def headroom(results: list[tuple[list[dict], list[tuple[str, tuple]]]], classes:
     return {"face_ap50": score_scenes(faces, ["face"])["metrics"]["scenes_map50"],
             "face_ap30": score_scenes(faces, ["face"], min_iou=0.3)["metrics"]["scenes_map50"],
             "map50_true_labels": score_scenes(relabelled, classes)["metrics"]["scenes_map50"]}
-
-
-def bootstrap_map50(results: list[tuple[list[dict], list[tuple[str, tuple]]]], classes: Sequence[str], resamples: int = 200,
-                    level: float = 0.95, seed: int = 0, runner_up: float | None = None) -> tuple[float, float]:
-    """Percentile interval of ``scenes_map50`` over images drawn with replacement: how far
-    the number could move with another sample of scenes like these. AP pools faces over
-    images, so a test split where one crowd photo holds a sixth of the faces is noisy,
-    and a difference between two settings inside this width is not yet a difference."""
-    rng = np.random.default_rng(seed)
-    values = [score_scenes([results[i] for i in rng.integers(len(results), size=len(results))], classes,
-                           runner_up=runner_up)["metrics"]["scenes_map50"]
-              for _ in range(resamples)] if results else [0.0]
-    return _interval(values, level)
 
 
 def _interval(values: Sequence[float], level: float) -> tuple[float, float]:
@@ -332,14 +396,12 @@ def _predictions_by_image(jsonl: Path) -> dict[str, list[dict]]:
 
 
 def compare(folder: Path, jsonl_a: Path, jsonl_b: Path, classes: Sequence[str], resamples: int = 500,
-            runner_up: float | None = None) -> dict[str, float]:
+            runner_up: float | None = None, scenes: SceneSet | None = None) -> dict[str, float]:
     """:func:`paired_bootstrap` of two JSON-lines prediction files against ``folder``'s
-    annotations, over the images both files cover."""
+    labels (or ``scenes``, already read), over the images both files cover."""
     a, b = _predictions_by_image(jsonl_a), _predictions_by_image(jsonl_b)
-    names = sorted(set(a) & set(b))
-    items = voc_items(Path(folder), set(names))
-    truths = {Path(path).name: t for path, t in items}
-    names = [n for n in names if n in truths]
+    truths = {Path(path).name: t for path, t in (scenes or read_scenes(folder)).items()}
+    names = [n for n in sorted(set(a) & set(b)) if n in truths]
     pairs = paired_bootstrap([(a[n], truths[n]) for n in names], [(b[n], truths[n]) for n in names], classes, resamples,
                              runner_up=runner_up)
     return {"images": float(len(names)), **pairs}
@@ -374,114 +436,130 @@ def detect_scenes(detector, items: Sequence[tuple[Path, list[tuple[str, tuple]]]
 
 def run_scenes(detector, items: Sequence[tuple[Path, list[tuple[str, tuple]]]], jsonl: Path | None = None,
                resamples: int = 0, results: list | None = None) -> dict:
-    """Detect and classify each scene image; score against its annotations. With
-    ``resamples``, also the 95% bootstrap interval of scenes_map50 (:func:`bootstrap_map50`).
+    """Detect and classify each scene image; score against its labels at IoU 0.5 and 0.3
+    (:func:`scene_metrics`), with each rate's bootstrap interval when ``resamples``.
     ``results``, when given a list, receives the (predictions, annotations) pairs."""
 
     found, skipped, seconds = detect_scenes(detector, items, jsonl)
     if results is not None:
         results.extend(found)
-    scored = score_scenes(found, detector.classes, runner_up=detector.runner_up)
-    if resamples:
-        low, high = bootstrap_map50(found, detector.classes, resamples, runner_up=detector.runner_up)
-        scored["metrics"].update(scenes_map50_ci95_low=low, scenes_map50_ci95_high=high)
+    scored = scene_metrics(found, detector.classes, runner_up=detector.runner_up, resamples=resamples)
     scored["metrics"]["scenes_images_skipped"] = float(skipped)
     scored["metrics"]["scenes_seconds_per_image"] = seconds
     return scored
 
 
-def fit_box_calibration(face_detector, items: Sequence[tuple[Path, list]], min_iou: float = 0.3) -> dict[str, float]:
-    """Median centre shift and scale from a :class:`maskflow.detection.Finder`'s boxes to annotated boxes (each truth with its best
-    detection at IoU >= ``min_iou``): the annotation convention of a scene set.
-    Fit on a train split; the evaluation split must not be used."""
+def format_table(columns: Mapping[str, Mapping[str, float]], classes: Sequence[str]) -> list[str]:
+    """Per-class AP at IoU 0.5 and 0.3 with intervals, one column pair per metrics dict
+    (``before``/``after``, say), and the detection rates under it: what a person reads."""
 
-    dx, dy, sw, sh = [], [], [], []
-    for path, truths in items:
-        try:
-            rgb = read_image(path).rgb
-            faces = face_detector.find(rgb, still=True)
-        except DecodeError:
-            continue
-        for _, box in truths:
-            overlaps = [iou(f.box, box) for f in faces]
-            if not overlaps or max(overlaps) < min_iou:
-                continue
-            x, y, w, h = faces[int(np.argmax(overlaps))].box
-            tx, ty, tw, th = box
-            dx.append((tx + tw / 2 - x - w / 2) / w)
-            dy.append((ty + th / 2 - y - h / 2) / h)
-            sw.append(tw / w)
-            sh.append(th / h)
-    if not dx:
-        raise ValueError("no detection overlaps an annotated face: nothing to fit")
-    return {"dx": round(float(np.median(dx)), 4), "dy": round(float(np.median(dy)), 4),
-            "sw": round(float(np.median(sw)), 4), "sh": round(float(np.median(sh)), 4), "pairs": len(dx)}
+    def cell(m: Mapping[str, float], key: str) -> str:
+        if key not in m:
+            return "-".ljust(21)
+        low, high = m.get(f"{key}_ci95_low"), m.get(f"{key}_ci95_high")
+        return f"{m[key]:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None else "").ljust(16)
+
+    first = next(iter(columns.values()))
+    head = "".join(f"  {f'AP@{t} {name}'.ljust(21)}" for name in columns for t in ("0.5", "0.3"))
+    lines = [f"{'class'.ljust(22)}{'faces':>6}{head}"]
+    for c in [*classes, None]:
+        k50, k30 = (f"scenes_ap50_{c}", f"scenes_ap30_{c}") if c else ("scenes_map50", "scenes_map30")
+        faces = f"{int(first.get(f'scenes_faces_{c}', 0)):>6}" if c else f"{int(first.get('scenes_faces', 0)):>6}"
+        cells = "".join(f"  {cell(m, k50)}  {cell(m, k30)}" for m in columns.values())
+        lines.append(f"{(c or 'mean (mAP)').ljust(22)}{faces}{cells}")
+    for name, m in columns.items():
+        lines.append(f"{name}: detection precision {cell(m, 'scenes_det_precision').strip()}, recall "
+                     f"{cell(m, 'scenes_det_recall').strip()}; label accuracy {cell(m, 'scenes_cls_accuracy').strip()} "
+                     f"(IoU 0.5, {int(m.get('scenes_images', 0))} images)")
+    return lines
 
 
-def split_names(folder: Path, split: str, data: str = "mask-scenes-853", overrides: Sequence[str] = ()) -> set[str]:
-    """Image names of one split of a VOC folder, split exactly as the pipeline splits it
-    (``conf/data/<data>.yaml`` with ``data.root=folder``; prepare is cached)."""
+def split_names(folder: Path, split: str, data: str = "mask-scenes-853", overrides: Sequence[str] = (),
+                labels: Mapping[str, object] | None = None) -> set[str]:
+    """The images (paths relative to ``folder``) of one split of a labelled folder, split
+    exactly as the pipeline splits it (``conf/data/<data>.yaml`` with ``data.root=folder``
+    and ``labels``' format, class map and YOLO names; prepare is cached)."""
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"data={data}", f"data.root={Path(folder).resolve()}", *overrides])
+    with open_dict(cfg):
+        for key, value in (labels or {}).items():
+            if value is not None:
+                cfg.data[key] = value
     ctx = StageContext(run_dir=Path(tempfile.mkdtemp(prefix="maskflow-scenes-")), cache_dir=Path(cfg.paths.cache_dir))
-    return {Path(r["path"]).name for r in read_manifest(prepare_run(cfg, ctx).manifest, split)}
+    return {r["path"] for r in read_manifest(prepare_run(cfg, ctx).manifest, split)}
 
 
 def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m maskflow.evaluate_scenes", description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="VOC folder with images/ and annotations/")
+    parser.add_argument("folder", type=Path, help="labelled scenes: a VOC, YOLO or COCO folder (or a COCO JSON file)")
+    add_label_args(parser)
     parser.add_argument("--model", default="models:/maskflow@champion")
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--split", default="test", choices=("test", "val", "train", "all"),
-                        help="scenes of this split, as the pipeline splits the folder (default: the held-out test split)")
+                        help="scenes of this split, as the pipeline splits the folder (default: the held-out test split; "
+                             "all: every image, for a set the model never saw)")
     parser.add_argument("--manifest", type=Path, default=None, help="take --split from this prepare manifest.csv instead")
-    parser.add_argument("--data", default="mask-scenes-853", help="the conf/data config whose split settings apply")
+    parser.add_argument("--data", default=None,
+                        help="the conf/data config of this folder: its split settings, and its format, class map and "
+                             "names unless given here (default: mask-scenes-853's split settings, labels as the folder holds)")
     parser.add_argument("--limit", type=int, default=None)
     add_detector_args(parser)
     parser.add_argument("--out", type=Path, default=None, help="write metrics.json and predictions.jsonl here")
-    parser.add_argument("--bootstrap", type=int, default=200, help="resamples for scenes_map50's 95%% interval (0: none)")
+    parser.add_argument("--bootstrap", type=int, default=200, help="resamples for each rate's 95%% interval (0: none)")
     parser.add_argument("--compare", type=Path, nargs=2, metavar=("A.jsonl", "B.jsonl"), default=None,
                         help="no detection: score two prediction files (detect --jsonl, or an evaluate run's "
                              "scenes_predictions.jsonl) on the same images, paired: A's scenes_map50 minus B's")
     parser.add_argument("--classes", nargs="+", default=["mask_weared_incorrect", "with_mask", "without_mask"],
                         help="with --compare: the classes scored")
-    parser.add_argument("--fit-boxes", action="store_true",
-                        help="fit detect.box_calibration on these scenes (use a train split) and print it")
     args = parser.parse_args(argv)
+    prog = "maskflow.evaluate_scenes"
+    try:
+        options = label_options(args)
+        if args.data:  # the set's own config: how its labels read, unless given on the command line
+            data = OmegaConf.to_container(compose_option("data", args.data))
+            options = {"format": options["format"] or (data.get("format") if data.get("format") in FORMATS else None),
+                       "names": options["names"] or data.get("names"), "class_map": options["class_map"] or data.get("class_map")}
+        scenes = read_scenes(args.folder, **options)
+        require_mapped(scenes)
+    except (LabelFormatError, FileNotFoundError) as exc:  # no labels to read there, or no such --data config
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    for line in scenes.report_lines(prog):
+        print(line, file=sys.stderr)
     if args.compare:
         print(json.dumps(compare(args.folder, *args.compare, args.classes, resamples=max(args.bootstrap, 1),
-                                 runner_up=args.runner_up), indent=1))
-        return 0
+                                 runner_up=args.runner_up, scenes=scenes), indent=1))
+        return 1 if scenes.problems else 0
     names = None
     if args.manifest and args.split != "all":
-        names = {Path(r["path"]).name for r in read_manifest(args.manifest, args.split)}
+        names = {r["path"] for r in read_manifest(args.manifest, args.split)}
     elif args.split != "all":
-        names = split_names(args.folder, args.split, args.data)
+        names = split_names(args.folder, args.split, args.data or "mask-scenes-853",
+                            labels={**options, "format": scenes.format, "class_map": options["class_map"] or None})
     model = MaskModel.from_uri(args.model, args.tracking_uri)
     detector = build_detector(detector_settings(args, model.settings), model, finder_dirs=args.finder_dir)
     # mAP reads every candidate (detect_scenes); the operating point (the model's, or
     # --min-score) is where precision, recall and F1 of what a reader gets are reported.
     threshold = detector.min_score
-    if args.fit_boxes:
-        fitted = fit_box_calibration(detector.finder, voc_items(args.folder, names, args.limit))
-        print(f"# {fitted.pop('pairs')} matched faces of {args.folder} ({args.split} split)")
-        print("box_calibration: {" + ", ".join(f"{k}: {v}" for k, v in fitted.items()) + "}")
-        return 0
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
     results: list = []
-    scored = run_scenes(detector, voc_items(args.folder, names, args.limit), args.out / "predictions.jsonl" if args.out else None,
+    scored = run_scenes(detector, scenes.items(names, args.limit), args.out / "predictions.jsonl" if args.out else None,
                         resamples=args.bootstrap, results=results)
     if threshold is not None:
         at = at_operating_point(face_outcomes(results, detector.classes), threshold, resamples=args.bootstrap)
         scored["metrics"].update({"operating_point": threshold, **{f"op_{k}": v for k, v in at.items()}})
+    scored["metrics"]["labels_skipped"] = float(len(scenes.problems))
     if args.out:
         (args.out / "metrics.json").write_text(json.dumps(scored, indent=1))
-    print(json.dumps({"split": args.split, **scored["metrics"]}, indent=1))
-    return 1 if scored["metrics"]["scenes_images_skipped"] else 0  # scored the rest; some inputs failed
+    for line in format_table({args.split: scored["metrics"]}, detector.classes):
+        print(line, file=sys.stderr)
+    print(json.dumps({"split": args.split, "format": scenes.format, **scored["metrics"]}, indent=1))
+    # Scored the rest; some inputs failed.
+    return 1 if scored["metrics"]["scenes_images_skipped"] or scenes.problems else 0
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from maskflow.cache import digest, sha256_bytes, sha256_file, stage_cache
 from maskflow.contracts import Evaluation, Exported, PreparedData, StageContext, TrainedModel
 from maskflow.datasets import split_arrays
 from maskflow.detection.finders import file_sha256, finder_files
+from maskflow.detection.settings import DetectorSettings
 from maskflow.detection.weights import resolve
 from maskflow.evaluate import load_model
 from maskflow.faces import resize_square
@@ -190,6 +191,8 @@ def _register(cfg, ctx, trained: TrainedModel, prepared: PreparedData, evaluatio
     if face_model is not None:
         tags.update({k: f"{v:.6g}" for k, v in facedet.metrics.items()})
     detector = OmegaConf.to_container(cfg.detect, resolve=True)
+    if evaluation.box_calibration:  # fitted on a scene set's train split: boxes in its convention
+        detector = DetectorSettings.from_stored(detector).with_calibration(evaluation.box_calibration).to_dict()
     if "operating_point" in evaluation.metrics:  # chosen on val by evaluate (or fixed by detect.operating_point)
         detector["operating_point"] = float(evaluation.metrics["operating_point"])
     meta = serving.meta_for(trained.classes, trained.input_size, cfg.model.name, detector,

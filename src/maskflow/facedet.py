@@ -35,11 +35,11 @@ from maskflow import (
 from maskflow.cache import atomic_write_json, digest, read_json
 from maskflow.config import compose_option
 from maskflow.contracts import TrainedDetector
-from maskflow.data import read_manifest
+from maskflow.data import read_manifest, scene_set
 from maskflow.detection.boxes import calibrate_box
 from maskflow.detection.centernet import STRIDE, CenterNetFinder, Upsample2x
 from maskflow.detection.settings import DetectorSettings
-from maskflow.evaluate_scenes import score_scenes, voc_items
+from maskflow.evaluate_scenes import score_scenes
 from maskflow.imageio import DecodeError, read_image
 
 # MLflow is imported inside the functions that use it: importing this
@@ -250,10 +250,8 @@ def run(cfg, ctx):
 
 
 def _scene_items(data_cfg, prepared, split: str) -> list:
-
-
-    names = {Path(r["path"]).name for r in read_manifest(prepared.manifest, split)}
-    return voc_items(Path(str(data_cfg.root)), names)
+    """(image, faces) of one split of a scene set, whatever its label format."""
+    return scene_set(data_cfg).items({r["path"] for r in read_manifest(prepared.manifest, split)})
 
 
 def _load(items, classes: Sequence[str]) -> tuple[list, int]:

@@ -27,10 +27,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 from maskflow import split as splitting
+from maskflow.annotations import FORMATS as SCENE_FORMATS
 from maskflow.cache import atomic_write_bytes, atomic_write_json, digest, read_json, sha256_bytes
 from maskflow.config import compose_option
 from maskflow.contracts import PreparedData, StageContext
-from maskflow.data import MANIFEST_FIELDS, list_items
+from maskflow.data import MANIFEST_FIELDS, list_items, scene_classes
 from maskflow.detection.boxes import corners_of, iou_matrix
 from maskflow.detection.finders import build_finder
 from maskflow.detection.mtcnn import FaceDetector
@@ -177,7 +178,7 @@ def _params(cfg: DictConfig) -> dict[str, Any]:
         "min_image_side": int(data.min_image_side),
         "min_box_size": int(data.get("min_box_size", 0)),
         "max_pixels": int(data.max_pixels),
-        "finder_boxes": _finder_spec(cfg) if data.format == "voc" else None,
+        "finder_boxes": _finder_spec(cfg) if data.format in SCENE_FORMATS else None,
     }
 
 
@@ -382,13 +383,14 @@ def _workers(cfg: DictConfig) -> int:
 
 def _rows(items, records, keys, data_cfg) -> list[dict[str, Any]]:
     patterns = list(data_cfg.split.get("source_patterns") or [])
+    targets = set(scene_classes(data_cfg))
     rows = []
     for item in items:
         sha, size = keys.get(item.rel, ("", 0))
         base = {"path": item.rel, "sha256": sha, "size_bytes": size, "split": "", "group": "", "crop": "",
                 "face": "", "det_score": "", "box": "", "width": "", "height": "", "mode": "", "phash": ""}
         stem = Path(item.rel).stem
-        source = stem if data_cfg.format == "voc" else splitting.source_key(stem, patterns)
+        source = stem if data_cfg.format in SCENE_FORMATS else splitting.source_key(stem, patterns)
         if item.problem:
             reason, _, detail = item.problem.partition(": ")
             rows.append({**base, "sample_id": item.rel, "label": item.label or "", "source": source or "", "status": "skipped", "reason": reason})
@@ -400,12 +402,15 @@ def _rows(items, records, keys, data_cfg) -> list[dict[str, Any]]:
         meta = {k: record.get(k, "") for k in ("width", "height", "mode", "phash")}
         for i, sample in enumerate(record["samples"]):
             label = item.label if item.label is not None else sample["label"]
-            ok = sample["crop"] is not None and not sample["reason"]
+            reason = sample["reason"]
+            if item.objects is not None and not reason and label not in targets:
+                reason = "unmapped_class"  # the set's own name for it maps to none of the classes (data.class_map)
+            ok = sample["crop"] is not None and not reason
             rows.append({
                 **base, **meta,
                 "sample_id": item.rel if item.objects is None else f"{item.rel}#{i}",
                 "label": label, "source": source or "", "status": "ok" if ok else "skipped",
-                "reason": sample["reason"], "crop": sample["crop"] or "", "face": sample["face"],
+                "reason": reason, "crop": sample["crop"] or "", "face": sample["face"],
                 "det_score": "" if sample.get("det_score") is None else round(float(sample["det_score"]), 4),
                 "box": " ".join(str(int(v)) for v in sample["box"]) if sample["box"] is not None else "",
             })
@@ -421,7 +426,7 @@ def _classes(data_cfg: DictConfig, rows) -> list[str]:
         return classes
     # Every label listed, kept or not: a class whose files all failed is still a class
     # (and is then reported missing), not silently dropped.
-    return sorted({r["label"] for r in rows if r["label"]})
+    return sorted({r["label"] for r in rows if r["label"] and r["reason"] != "unmapped_class"})
 
 
 def _warn_missing_classes(classes: list[str], counts: dict[str, dict[str, int]], where: str) -> None:

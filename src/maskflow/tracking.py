@@ -30,29 +30,33 @@ log = logging.getLogger(__name__)
 
 def configure(cfg: DictConfig) -> str:
     """Point MLflow at the configured store and make sure the experiment exists."""
+    tracking = cfg.tracking
+    return use_store(str(tracking.uri), str(tracking.experiment), tracking.get("artifact_root"), tracking.get("registry_uri"))
+
+
+def use_store(uri: str, experiment: str, artifact_root: str | None = None, registry_uri: str | None = None) -> str:
+    """Point MLflow at the store ``uri`` and select ``experiment`` (created with its
+    artifacts under ``artifact_root/<experiment>`` when new); its id."""
     import mlflow
 
-    tracking = cfg.tracking
-    uri = str(tracking.uri)
     mlflow.set_tracking_uri(uri)
-    if tracking.get("registry_uri"):
-        mlflow.set_registry_uri(str(tracking.registry_uri))
+    if registry_uri:
+        mlflow.set_registry_uri(str(registry_uri))
     if uri.startswith("sqlite:///"):
         # Parallel jobs (joblib multirun, tuning workers) opening a new sqlite store at
         # once would race on its schema migration: the first creates it, the rest wait.
         with file_lock(Path(uri[len("sqlite:///"):] + ".lock")):
-            experiment = mlflow.get_experiment_by_name(tracking.experiment)
+            found = mlflow.get_experiment_by_name(experiment)
     else:
-        experiment = mlflow.get_experiment_by_name(tracking.experiment)
-    if experiment is None:
-        artifact_root = tracking.get("artifact_root")
-        location = Path(artifact_root).resolve().as_uri() + f"/{tracking.experiment}" if artifact_root else None
+        found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        location = Path(artifact_root).resolve().as_uri() + f"/{experiment}" if artifact_root else None
         try:
-            experiment_id = mlflow.create_experiment(tracking.experiment, artifact_location=location)
+            experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
         except Exception:  # noqa: BLE001 - a parallel multirun job created it first
-            experiment_id = mlflow.get_experiment_by_name(tracking.experiment).experiment_id
+            experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
     else:
-        experiment_id = experiment.experiment_id
+        experiment_id = found.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 

@@ -143,7 +143,7 @@ def weighted_box_fusion(groups: Sequence[Sequence[Face]], iou: float = 0.55, wei
 def calibrate_box(box: Sequence[float], calibration: dict | None, width: int, height: int) -> tuple[int, int, int, int]:
     """A finder's box moved/rescaled to the annotation convention of the scene data (centre
     shift ``dx, dy`` and scale ``sw, sh``, relative to the box; fitted on a train split
-    by ``python -m maskflow.evaluate_scenes --fit-boxes``), clipped to the image.
+    by :mod:`maskflow.detection.calibration`), clipped to the image.
     Classification still crops the raw box, as in training."""
     x, y, w, h = (float(v) for v in box)
     if calibration:

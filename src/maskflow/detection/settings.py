@@ -79,6 +79,23 @@ class DetectorSettings:
         given = {k: v for k, v in stored.items() if k in known and (v is not None or k in nullable)}
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), given))
 
+    def calibration(self) -> Optional[dict[str, float]]:
+        """The box calibration the chosen finder's boxes get (:mod:`maskflow.detection.calibration`):
+        ``finders.<backend>.box_calibration``, or ``box_calibration`` for MTCNN. The trained
+        detector's boxes follow the annotations already: it has none unless one was fitted."""
+        if self.backend == "mtcnn":
+            return self.box_calibration
+        return (self.finders.get(self.backend) or {}).get("box_calibration")
+
+    def with_calibration(self, calibration: Optional[Mapping[str, float]]) -> "DetectorSettings":
+        """A copy whose chosen finder's boxes get ``calibration`` (a scene set's convention)."""
+        value = {k: float(v) for k, v in calibration.items()} if calibration else None
+        if self.backend == "mtcnn":
+            return replace(self, box_calibration=value)
+        finders = {name: dict(block) for name, block in self.finders.items()}
+        finders.setdefault(self.backend, {})["box_calibration"] = value
+        return replace(self, finders=finders)
+
     def with_options(self, **given: Any) -> "DetectorSettings":
         """A copy with the options that were given (None: not given)."""
         return replace(self, **{k: v for k, v in given.items() if v is not None})
