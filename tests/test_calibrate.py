@@ -66,10 +66,13 @@ def test_a_coco_or_yolo_export_of_a_voc_set_scores_the_same(yunet_model, tmp_pat
         for fmt in ("voc", "yolo", "coco"):
             folder = write_scenes(images, tmp_path / fmt, fmt)
             assert main([str(folder), "--split", "all", "--bootstrap", "20", "--model", "models:/m/1",
-                         "--tracking-uri", yunet_model]) == 0
+                         "--tracking-uri", yunet_model, *(["--mlflow"] if fmt == "coco" else [])]) == 0
             out = capsys.readouterr()
             scored[fmt] = json.loads(out.out)
             assert "AP@0.5" in out.err and "mask_weared_incorrect" not in out.err  # a table of the model's classes
+        runs = mlflow.search_runs(experiment_names=["maskflow"], filter_string="tags.`maskflow.command` = 'evaluate_scenes'")
+        assert len(runs) == 1 and runs["params.model_version"].iloc[0] == "m v1" and runs["params.format"].iloc[0] == "coco"
+        assert runs["metrics.scenes_map50"].iloc[0] == pytest.approx(scored["coco"]["scenes_map50"])
     finally:
         mlflow.set_tracking_uri(None)
     assert scored["voc"]["scenes_faces"] > 10 and scored["voc"]["scenes_det_recall"] > 0.3

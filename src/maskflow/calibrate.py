@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from dataclasses import replace
@@ -35,12 +36,12 @@ import numpy as np
 from tqdm import tqdm
 
 from maskflow.annotations import LabelFormatError, LabelledImage, add_label_args, label_options, read_scenes, require_mapped
-from maskflow.config import PROJECT_ROOT, compose_option
 from maskflow.detect import Detector, MaskModel, add_detector_args, build_detector, detector_settings
 from maskflow.detection.boxes import calibrate_box
 from maskflow.detection.calibration import fit_calibration
 from maskflow.evaluate_scenes import format_table, scene_metrics
 from maskflow.imageio import DecodeError, Frame, read_image
+from maskflow.tracking import command_store, registered_version
 
 PROG = "maskflow.calibrate"
 
@@ -71,34 +72,6 @@ def recalibrated(seen: Sequence[dict[str, Any]], calibration: dict[str, float] |
                    for f, r in zip(s["faces"], s["records"])]
         out.append((records, list(s["image"].faces)))
     return out
-
-
-def _store(tracking_uri: str | None) -> str:
-    """The MLflow store this command uses (and selects, with the pipeline's experiment)."""
-    from maskflow.tracking import use_store
-
-    tracking = compose_option("tracking", "local")
-    default = f"sqlite:///{PROJECT_ROOT}/mlflow.db"
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default
-    # Artifacts beside the store: the project's mlruns/ for the project's store.
-    root = str(PROJECT_ROOT / "mlruns") if uri == default else (
-        str(Path(uri[len("sqlite:///"):]).parent / "mlruns") if uri.startswith("sqlite:///") else None)
-    use_store(uri, str(tracking.experiment), root)
-    return uri
-
-
-def _source_version(client, uri: str) -> tuple[str | None, str | None]:
-    """(registered model name, version) a ``models:/`` URI names; (None, None) otherwise."""
-    if not uri.startswith("models:/"):
-        return None, None
-    name, _, ref = uri[len("models:/"):].partition("@")
-    if ref:
-        return name, str(client.get_model_version_by_alias(name, ref).version)
-    name, _, version = uri[len("models:/"):].partition("/")
-    if version.isdigit():
-        return name, version
-    latest = client.get_latest_versions(name)  # models:/name/latest or models:/name
-    return name, str(max(int(v.version) for v in latest)) if latest else None
 
 
 def register(model_uri: str, calibration: dict[str, float], tags: dict[str, str], registered: str, alias: str,
@@ -139,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write calibration.json (numbers, calibration) here")
     add_detector_args(parser)
     args = parser.parse_args(argv)
+    # What this command did is in its own lines: MLflow's download bars and notes about
+    # how it stores models say nothing a user can act on.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
     if args.fit < 1:
         parser.error("--fit must be at least 1")
     try:
@@ -155,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
 
-    tracking_uri = _store(args.tracking_uri)
+    tracking_uri = command_store(args.tracking_uri)
     model = MaskModel.from_uri(args.model, tracking_uri)
     settings = detector_settings(args, model.settings)
     detector = build_detector(replace(settings, operating_point=None), model, finder_dirs=args.finder_dir)
@@ -197,7 +174,7 @@ def _log(args, report: dict, ordered: Sequence[LabelledImage], before: dict, aft
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    source_name, source_version = _source_version(client, args.model)
+    source_name, source_version = registered_version(client, args.model)
     registered = args.registered_model or source_name or "maskflow"
     with mlflow.start_run(run_name=f"calibrate-{args.folder.resolve().name}", tags={"maskflow.command": "calibrate"}):
         mlflow.log_params({"model": args.model, "source_version": source_version or "", "folder": str(args.folder.resolve()),

@@ -514,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
                              "scenes_predictions.jsonl) on the same images, paired: A's scenes_map50 minus B's")
     parser.add_argument("--classes", nargs="+", default=["mask_weared_incorrect", "with_mask", "without_mask"],
                         help="with --compare: the classes scored")
+    parser.add_argument("--mlflow", action="store_true",
+                        help="also log the metrics as an MLflow run (tag maskflow.command=evaluate_scenes), to compare "
+                             "models on these scenes in the MLflow UI")
     args = parser.parse_args(argv)
     prog = "maskflow.evaluate_scenes"
     try:
@@ -530,8 +533,10 @@ def main(argv: list[str] | None = None) -> int:
     for line in scenes.report_lines(prog):
         print(line, file=sys.stderr)
     if args.compare:
+        # Scored as the models were (the shipped detect.runner_up), unless --runner-up says otherwise.
+        runner_up = args.runner_up if args.runner_up is not None else _shipped_runner_up()
         print(json.dumps(compare(args.folder, *args.compare, args.classes, resamples=max(args.bootstrap, 1),
-                                 runner_up=args.runner_up, scenes=scenes), indent=1))
+                                 runner_up=runner_up, scenes=scenes), indent=1))
         return 1 if scenes.problems else 0
     names = None
     if args.manifest and args.split != "all":
@@ -558,8 +563,35 @@ def main(argv: list[str] | None = None) -> int:
     for line in format_table({args.split: scored["metrics"]}, detector.classes):
         print(line, file=sys.stderr)
     print(json.dumps({"split": args.split, "format": scenes.format, **scored["metrics"]}, indent=1))
+    if args.mlflow:
+        _log_run(args, scenes, scored)
     # Scored the rest; some inputs failed.
     return 1 if scored["metrics"]["scenes_images_skipped"] or scenes.problems else 0
+
+
+def _shipped_runner_up() -> float | None:
+    """``detect.runner_up`` of the shipped default config: what the pipeline scores mAP with."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config").detect.get("runner_up")
+
+
+def _log_run(args, scenes: SceneSet, scored: dict) -> None:
+    """The scores as an MLflow run beside the training runs: models compared on the same scenes."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from maskflow.tracking import command_store, registered_version
+
+    command_store(args.tracking_uri)
+    name, version = registered_version(MlflowClient(), args.model)
+    with mlflow.start_run(run_name=f"evaluate_scenes-{args.folder.resolve().name}-{args.split}",
+                          tags={"maskflow.command": "evaluate_scenes"}):
+        mlflow.log_params({"model": args.model, "model_version": f"{name} v{version}" if version else "",
+                           "folder": str(args.folder.resolve()), "format": scenes.format, "split": args.split,
+                           "data": args.data or ""})
+        mlflow.log_metrics({k: v for k, v in scored["metrics"].items() if isinstance(v, float) and np.isfinite(v)})
+        mlflow.log_dict(scored, "evaluate_scenes/metrics.json")
 
 
 if __name__ == "__main__":

@@ -61,6 +61,36 @@ def use_store(uri: str, experiment: str, artifact_root: str | None = None, regis
     return experiment_id
 
 
+def command_store(tracking_uri: str | None = None) -> str:
+    """The MLflow store a command (``calibrate``, ``evaluate_scenes --mlflow``) logs to:
+    ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else the project's, selected with the
+    pipeline's experiment (conf/tracking), so its runs sit beside the training runs."""
+    from maskflow.config import PROJECT_ROOT, compose_option
+
+    tracking = compose_option("tracking", "local")
+    default = f"sqlite:///{PROJECT_ROOT}/mlflow.db"
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default
+    # Artifacts beside the store: the project's mlruns/ for the project's store.
+    root = str(PROJECT_ROOT / "mlruns") if uri == default else (
+        str(Path(uri[len("sqlite:///"):]).parent / "mlruns") if uri.startswith("sqlite:///") else None)
+    use_store(uri, str(tracking.experiment), root)
+    return uri
+
+
+def registered_version(client, uri: str) -> tuple[str | None, str | None]:
+    """(registered model name, version) a ``models:/`` URI names; (None, None) otherwise."""
+    if not uri.startswith("models:/"):
+        return None, None
+    name, _, alias = uri[len("models:/"):].partition("@")
+    if alias:
+        return name, str(client.get_model_version_by_alias(name, alias).version)
+    name, _, version = uri[len("models:/"):].partition("/")
+    if version.isdigit():
+        return name, version
+    latest = client.search_model_versions(f"name = '{name}'")  # models:/name/latest, or models:/name
+    return name, str(max(int(v.version) for v in latest)) if latest else None
+
+
 def git_commit(root: Path) -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
