@@ -259,7 +259,8 @@ def run(cfg: DictConfig, ctx: StageContext) -> Evaluation:
                   "tflite": sha256_file(trained.tflite_path) if trained.tflite_path else None,
                   "face_model": sha256_file(facedet.model_path) if facedet is not None and facedet.model_path else None,
                   "evaluate": OmegaConf.to_container(cfg.evaluate, resolve=True),
-                  "detect": OmegaConf.to_container(cfg.detect, resolve=True), "data_name": str(cfg.data.name)})
+                  "detect": OmegaConf.to_container(cfg.detect, resolve=True), "data_name": str(cfg.data.name),
+                  "scene_sets": _scene_sets(cfg, ctx)})
     metrics, cached = stage_cache(ctx.cache_dir, "evaluate", key, out, lambda: _evaluate(cfg, ctx, out))
     if cached:
         log.info("evaluate: cached result %s (same model, data and settings)", key)
@@ -273,6 +274,22 @@ def run(cfg: DictConfig, ctx: StageContext) -> Evaluation:
         mlflow.log_artifacts(str(out), "evaluate")
     calibration = {k: metrics[f"box_calibration_{k}"] for k in CALIBRATION_KEYS} if "box_calibration_dx" in metrics else None
     return Evaluation(metrics=metrics, report_dir=out, box_calibration=calibration)
+
+
+def _scene_sets(cfg: DictConfig, ctx: StageContext) -> dict[str, str]:
+    """Content digests of the scene sets this stage reads (evaluate.scenes.data,
+    evaluate.box_calibration.data): their split and their labels, boxes included, so a
+    relabelled set is evaluated again."""
+    names = set()
+    if cfg.evaluate.get("scenes") and cfg.evaluate.scenes.get("enabled"):
+        names.add(str(cfg.evaluate.scenes.data))
+    if cfg.evaluate.get("box_calibration") and cfg.evaluate.box_calibration.get("data"):
+        names.add(str(cfg.evaluate.box_calibration.data))
+    out = {}
+    for name in sorted(names):
+        data_cfg, prepared = prepare.prepared_for(cfg, ctx, name, f"xtest_{name.replace('-', '_')}")
+        out[name] = digest([prepared.digest, [(im.rel, im.faces) for im in scene_set(data_cfg).images]])
+    return out
 
 
 def _evaluate(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str, float]:
