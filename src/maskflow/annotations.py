@@ -30,6 +30,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -252,8 +253,8 @@ def _read_voc(root: Path, mapper: ClassMapper, images: str = "images", annotatio
             problems.append(Problem(rel_xml, reason, detail))
             continue
         name = filename or xml_path.stem + ".jpg"
-        path = next((d / name for d in image_dirs if (d / name).is_file()), image_dirs[0] / name if image_dirs else root / name)
-        if not path.is_file():
+        path = next((d / name for d in image_dirs if (d / name).is_file()), None) or _same_stem(image_dirs, Path(name).stem)
+        if path is None:
             problems.append(Problem(rel_xml, "image_missing", name))
             continue
         if size is None:  # no <size>: the image's own, for the outside-the-image check
@@ -275,6 +276,16 @@ def _read_voc(root: Path, mapper: ClassMapper, images: str = "images", annotatio
     image_dir = root / images if (root / images).is_dir() else None
     unlabelled = [_rel(p, root) for p in sorted(image_dir.iterdir()) if p.is_file() and p not in labelled] if image_dir else []
     return SceneSet(root, "voc", found, problems, unlabelled, dict(mapper.unmapped), mapper.classes)
+
+
+def _same_stem(folders: Sequence[Path], stem: str) -> Path | None:
+    """An image named like the annotation's ``<filename>`` with another extension (sets
+    converted from PNG to JPEG keep the old name in their .xml files)."""
+    for folder in folders:
+        found = sorted(p for p in folder.glob(f"{glob_escape(stem)}.*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+        if found:
+            return found[0]
+    return None
 
 
 def _outside(objects: Sequence[tuple[str, Box]], image: Path) -> str:
@@ -556,9 +567,9 @@ def require_mapped(scenes: SceneSet) -> None:
         names = sorted(scenes.unmapped) or sorted({label for im in scenes.images for label, _ in im.faces})
         if not names:
             return  # face-free images only: legal, scored as such
-        example = ",".join(f"{n}={c}" for n, c in zip(names, scenes.classes))
-        raise LabelFormatError(f"none of this set's class names {names} is one of maskflow's {list(scenes.classes)}: map "
-                               f"them, e.g. --class-map {example}")
+        example = ",".join(f"{n}=CLASS" for n in names[:4])
+        raise LabelFormatError(f"none of this set's class names {names} is one of maskflow's: map them with --class-map "
+                               f"{example} (CLASS: {' | '.join(scenes.classes)}), or data.class_map in its config")
 
 
 # ------------------------------------------------------------------ command-line options
