@@ -35,7 +35,7 @@ from maskflow.evaluate_scenes import (
     detect_scenes,
     face_outcomes,
     run_scenes,
-    score_scenes,
+    scene_metrics,
 )
 from maskflow.imageio import DecodeError, Frame, read_image
 
@@ -239,10 +239,11 @@ def load_model(path: Path):
 
 
 # Bump when what the stage computes changes, so cached evaluations are not reused.
-EVALUATE_VERSION = 7  # 3: per-part test metrics, any finder on close-ups (xtest_<set>_detect_*); 4: detection's classifier
+EVALUATE_VERSION = 8  # 3: per-part test metrics, any finder on close-ups (xtest_<set>_detect_*); 4: detection's classifier
 # through TFLite; 5: scene detection precision and accuracy count each face once (detect.one_per_face); 6: one record per
 # face with its class probabilities, the operating point chosen on val (operating_point, scenes_*op_*); 7: scenes in any
-# label format, AP at IoU 0.3 too, every rate with its interval, the box calibration fitted on a scene set (box_calibration_*)
+# label format, AP at IoU 0.3 too, every rate with its interval, the box calibration fitted on a scene set (box_calibration_*);
+# 8: the val scenes' AP per class with intervals (scenes_val_ap50_*)
 
 
 def run(cfg: DictConfig, ctx: StageContext) -> Evaluation:
@@ -418,9 +419,10 @@ def _operating_point(cfg: DictConfig, detector, settings: DetectorSettings, item
         return {}
     else:
         threshold = choose_operating_point(chosen_on, str(op.rule), op.get("precision"))
-    metrics = {"operating_point": round(threshold, 6), f"scenes_{op.split}_images_skipped": float(skipped),
-               f"scenes_{op.split}_map50": score_scenes(chosen_results, detector.classes,
-                                                        runner_up=detector.runner_up)["metrics"]["scenes_map50"]}
+    metrics = {"operating_point": round(threshold, 6), f"scenes_{op.split}_images_skipped": float(skipped)}
+    # The choosing split's own scores, per class with intervals: what settings are chosen on.
+    chosen = scene_metrics(chosen_results, detector.classes, runner_up=detector.runner_up, resamples=resamples)["metrics"]
+    metrics.update({f"scenes_{op.split}_{k[len('scenes_'):]}": v for k, v in chosen.items() if k.startswith(("scenes_map", "scenes_ap"))})
     for prefix, outcomes in ((f"scenes_{op.split}_op", chosen_on), ("scenes_op", face_outcomes(test_results, detector.classes))):
         metrics.update({f"{prefix}_{k}": v for k, v in at_operating_point(outcomes, threshold, resamples).items()})
     log.info("evaluate: operating point %.4f (%s on %s): %s", threshold,

@@ -271,23 +271,33 @@ def paired_bootstrap(a: list[tuple[list[dict], list[tuple[str, tuple]]]], b: lis
                      classes: Sequence[str], resamples: int = 500, level: float = 0.95, seed: int = 0,
                      runner_up: float | None = None) -> dict[str, float]:
     """Two prediction sets on the same images (aligned), resampled together: ``scenes_map50``
-    of ``a`` minus that of ``b``, its interval, and the share of resamples where ``a``
-    scores higher. Pairing removes what both share (which scenes are hard), so it
-    separates two settings far better than their two intervals do."""
+    of ``a`` minus that of ``b`` (``delta``), its interval, and the share of resamples where
+    ``a`` scores higher; the same for each class's AP (``delta_ap50_<class>``, ...). Pairing
+    removes what both share (which scenes are hard), so it separates two settings far
+    better than their two intervals do."""
     if len(a) != len(b):
         raise ValueError(f"paired scoring needs the same images: {len(a)} against {len(b)}")
+    labels = list(classes)
+    matched_a, matched_b = _match(a, labels, IOU, runner_up), _match(b, labels, IOU, runner_up)
+    keys = ["scenes_map50"] + [f"scenes_ap50_{c}" for c in labels]
+
+    def deltas(weights=None) -> dict[str, float]:
+        sa, sb = _summary(matched_a, labels, weights), _summary(matched_b, labels, weights)
+        return {k: sa[k] - sb[k] for k in keys if k in sa and k in sb}
+
     rng = np.random.default_rng(seed)
-
-    def map50(rows):
-        return score_scenes(rows, classes, runner_up=runner_up)["metrics"]["scenes_map50"]
-
-    deltas = []
-    for _ in range(resamples):
-        idx = rng.integers(len(a), size=len(a))
-        deltas.append(map50([a[i] for i in idx]) - map50([b[i] for i in idx]))
-    low, high = _interval(deltas, level)
-    return {"delta": map50(a) - map50(b),
-            "delta_ci95_low": low, "delta_ci95_high": high, "a_higher": float(np.mean(np.array(deltas) > 0))}
+    draws = [deltas(np.bincount(rng.integers(len(a), size=len(a)), minlength=len(a)).astype(float)) for _ in range(resamples)]
+    point = deltas()
+    out: dict[str, float] = {}
+    for key in keys:
+        if key not in point:
+            continue
+        values = np.array([d[key] for d in draws if key in d])
+        low, high = _interval(values, level)
+        name = "delta" if key == "scenes_map50" else f"delta_{key[len('scenes_'):]}"
+        out.update({name: point[key], f"{name}_ci95_low": low, f"{name}_ci95_high": high,
+                    "a_higher" if key == "scenes_map50" else f"{name}_a_higher": float(np.mean(values > 0))})
+    return out
 
 
 # ------------------------------------------------------------- the operating point

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 from maskflow import split as splitting
+from maskflow import synthetic as synthetic_faces
 from maskflow.annotations import FORMATS as SCENE_FORMATS
 from maskflow.cache import atomic_write_bytes, atomic_write_json, digest, read_json, sha256_bytes
 from maskflow.config import compose_option
@@ -334,6 +335,11 @@ def _run_union(cfg: DictConfig, ctx: StageContext, name: str) -> PreparedData:
             for row in csv.DictReader(f):
                 rows.append({**row, "sample_id": prefix + row["sample_id"], "path": prefix + row["path"],
                              "group": f"{part_name}:{row['group']}" if row["group"] else "", "part": str(part_name)})
+    synthetic = cfg.data.get("synthetic")
+    if synthetic and synthetic.get("enabled"):
+        settings = OmegaConf.to_container(synthetic, resolve=True)
+        rows += _synthetic_rows(cfg, ctx, rows, settings)
+        digests.append(digest({"synthetic": settings, "version": synthetic_faces.PAINT_VERSION}))
     classes = _classes(cfg.data, rows)
     data_digest = digest([digests, list(classes)])
     out_dir = ctx.run_dir / name
@@ -362,6 +368,16 @@ def _run_union(cfg: DictConfig, ctx: StageContext, name: str) -> PreparedData:
     _warn_missing_classes(classes, counts, f"prepare {cfg.data.name}")
     return PreparedData(manifest=manifest, report=out_dir / "data_report.json", classes=tuple(classes), digest=data_digest,
                         counts=counts)
+
+
+def _synthetic_rows(cfg: DictConfig, ctx: StageContext, rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Masks drawn on the union's train crops without one (:mod:`maskflow.synthetic`),
+    landmarks from YuNet as conf/detect sets it (no landmark check: that is a reader's)."""
+    finders = OmegaConf.to_container(cfg.detect.finders, resolve=True)
+    yunet = {k: v for k, v in finders["yunet"].items() if k not in ("box_calibration", "licence")}
+    yunet["landmark_bounds"] = None
+    finder = build_finder("yunet", {"yunet": yunet}, [str(cfg.paths.face_weights_dir)])
+    return synthetic_faces.synthesize(rows, settings, finder, ctx.cache_dir)
 
 
 def _read_record(path: str) -> dict[str, Any] | None:

@@ -35,6 +35,11 @@ COLUMNS = [  # (metric, header, format)
     ("flops_b1", "GFLOPs", "{:.2f}"),
     ("latency_ms_b1", "latency ms (b1)", "{:.1f}"),
     ("throughput_b32", "img/s (b32)", "{:.0f}"),
+    # Held-out scenes, detect-then-classify, with their 95% intervals over the scenes.
+    ("scenes_map50", "scenes mAP@0.5", "{:.3f}"),
+    ("scenes_ap50_with_mask", "AP with_mask", "{:.3f}"),
+    ("scenes_ap50_without_mask", "AP without_mask", "{:.3f}"),
+    ("scenes_ap50_mask_weared_incorrect", "AP mask_weared_incorrect", "{:.3f}"),
 ]
 
 
@@ -59,11 +64,19 @@ def collect(client, experiment_id: str, models: Sequence[str], data: str | None 
     return rows
 
 
+def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
+    """A value, with its interval where the run logged one."""
+    if key not in row or row[key] != row[key]:
+        return "n/a"
+    low, high = row.get(f"{key}_ci95_low"), row.get(f"{key}_ci95_high")
+    return fmt.format(row[key]) + (f" ({low:.2f}-{high:.2f})" if low is not None and high is not None else "")
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     head = "| backbone | " + " | ".join(h for _, h, _ in COLUMNS) + " | run |"
     lines = [head, "|---" * (len(COLUMNS) + 2) + "|"]
     for r in rows:
-        cells = [fmt.format(r[key]) if key in r and r[key] == r[key] else "n/a" for key, _, fmt in COLUMNS]
+        cells = [_cell(r, key, fmt) for key, _, fmt in COLUMNS]
         lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | `{r['run_id'][:8]}` |")
     return "\n".join(lines) + "\n"
 
