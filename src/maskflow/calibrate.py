@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     seen, unreadable = detect_all(detector, ordered)
     for line in unreadable:
         print(f"{PROG}: skipped {line}", file=sys.stderr)
-    fit_part, rest = [s for s in seen if s["image"] in ordered[:args.fit]], [s for s in seen if s["image"] not in ordered[:args.fit]]
+    fitted_on = {im.rel for im in ordered[:args.fit]}
+    fit_part, rest = [s for s in seen if s["image"].rel in fitted_on], [s for s in seen if s["image"].rel not in fitted_on]
     before_calibration = settings.calibration()
     try:
         calibration, fit = fit_calibration([([f.box for f in s["faces"]], [b for _, b in s["image"].faces], s["size"])
