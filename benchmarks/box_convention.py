@@ -37,8 +37,8 @@ from maskflow.config import CONF_DIR, register_configs
 from maskflow.detection.boxes import calibrate_box
 from maskflow.detection.calibration import fit_calibration
 from maskflow.detection.finders import build_finder
-from maskflow.evaluate_scenes import scene_metrics, split_names
 from maskflow.imageio import read_image
+from maskflow.scoring import scene_metrics, split_names
 
 HEAD = {"dx": 0.0, "dy": -0.28, "sw": 1.3, "sh": 1.5}
 TWO = ["with_mask", "without_mask"]

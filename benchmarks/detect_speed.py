@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def held_out_items(split: str = "test") -> list[tuple[Path, list]]:
     """The VOC items of mask-scenes-853's ``split``, split as the pipeline splits it."""
     from maskflow.annotations import read_scenes
-    from maskflow.evaluate_scenes import split_names
+    from maskflow.scoring import split_names
 
     root = Path(os.environ.get("MASKFLOW_DATA_DIR", ROOT.parent / "shared" / "data")) / "mask-scenes-853"
     return read_scenes(root).items(split_names(root, split))
@@ -70,7 +70,8 @@ def scene_video(items, size: tuple[int, int], frames: int, hold: int = 11) -> tu
 def run_frames(detector, frames: list[np.ndarray], is_video: bool, pipeline: bool = False) -> tuple[dict[str, float], list[list[dict]]]:
     """Per-frame times are the intervals between successive outputs (with ``pipeline``,
     detection of the next frame overlaps them, as in the CLI)."""
-    from maskflow.detect import Frame, pipelined
+    from maskflow.detection.detector import pipelined
+    from maskflow.imageio import Frame
 
     detector(Frame("warmup", 0, frames[0], False))
     stream = (Frame("bench", i, rgb, is_video) for i, rgb in enumerate(frames))
@@ -104,7 +105,7 @@ def cli_on_video(frames: list[np.ndarray], model: str, extra: list[str]) -> tupl
 
 
 def detector_for_stills(classifier, settings, compiled: bool):
-    from maskflow.detect import Detector, build_detector
+    from maskflow.detection.detector import Detector, build_detector
     from maskflow.detection.mtcnn import FaceDetector
 
     if not compiled and settings.backend == "mtcnn":  # MTCNN layer by layer (eager), for comparison
@@ -124,10 +125,10 @@ def main() -> None:
 
     from dataclasses import replace
 
-    from maskflow.detect import MaskModel
+    from maskflow.detection.detector import MaskModel
     from maskflow.detection.settings import DetectorSettings
-    from maskflow.evaluate_scenes import run_scenes, score_scenes
     from maskflow.imageio import read_image
+    from maskflow.scoring import run_scenes, score_scenes
 
     t = time.perf_counter()
     classifier = MaskModel.from_uri(args.model)

@@ -31,9 +31,9 @@ def main() -> None:
 
     from detect_speed import held_out_items
 
-    from maskflow.detect import MaskModel, build_detector
     from maskflow.detection.calibration import fit_box_calibration
-    from maskflow.evaluate_scenes import run_scenes
+    from maskflow.detection.detector import MaskModel, build_detector
+    from maskflow.scoring import run_scenes
 
     classifier = MaskModel.from_uri(args.model)
     test, train = held_out_items("test"), held_out_items("train")

@@ -52,9 +52,9 @@ def main() -> None:
 
     from detect_speed import held_out_items
 
-    from maskflow.detect import MaskModel, build_detector
-    from maskflow.evaluate_scenes import headroom, run_scenes
+    from maskflow.detection.detector import MaskModel, build_detector
     from maskflow.imageio import Frame, read_image
+    from maskflow.scoring import headroom, run_scenes
 
     classifier = MaskModel.from_uri(args.model)
     if args.face_model:

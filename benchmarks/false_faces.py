@@ -30,9 +30,11 @@ import cv2
 
 from maskflow import facefree
 from maskflow.annotations import read_scenes
-from maskflow.detect import MaskModel, add_detector_args, build_detector, detector_settings, rank_score, reported
+from maskflow.detection.detector import MaskModel, build_detector, rank_score, reported
+from maskflow.detection.options import add_detector_args, detector_settings
 from maskflow.detection.settings import DetectorSettings
-from maskflow.evaluate_scenes import (
+from maskflow.imageio import Frame
+from maskflow.scoring import (
     at_operating_point,
     choose_operating_point,
     detect_scenes,
@@ -40,7 +42,6 @@ from maskflow.evaluate_scenes import (
     score_scenes,
     split_names,
 )
-from maskflow.imageio import Frame
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pipeline_timing import cpu  # noqa: E402

@@ -24,8 +24,8 @@ from maskflow.config import CONF_DIR, register_configs
 from maskflow.detection.boxes import calibrated
 from maskflow.detection.calibration import fit_box_calibration
 from maskflow.detection.finders import build_finder
-from maskflow.evaluate_scenes import score_scenes, split_names
 from maskflow.imageio import read_image
+from maskflow.scoring import score_scenes, split_names
 
 
 def face_scores(finder, items, calibration) -> dict:

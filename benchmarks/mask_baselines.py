@@ -22,11 +22,11 @@ from omegaconf import OmegaConf
 
 from maskflow.annotations import read_scenes
 from maskflow.config import CONF_DIR, register_configs
-from maskflow.detect import MaskModel, build_detector
 from maskflow.detection.boxes import calibrated
+from maskflow.detection.detector import MaskModel, build_detector
 from maskflow.detection.finders import build_finder
-from maskflow.evaluate_scenes import score_scenes, split_names
 from maskflow.imageio import Frame, read_image
+from maskflow.scoring import score_scenes, split_names
 
 CLASSES = ["with_mask", "without_mask"]
 

@@ -48,8 +48,7 @@ def closeup_rows(limit: int | None) -> list[tuple[Path, str]]:
 
 
 def closeups(detector, rows) -> dict[str, float]:
-    from maskflow.detect import Frame
-    from maskflow.imageio import read_image
+    from maskflow.imageio import Frame, read_image
 
     found = right = 0
     for path, label in rows:
@@ -79,9 +78,9 @@ def main() -> None:
 
     from dataclasses import replace
 
-    from maskflow.detect import Classifier, MaskModel, build_detector
+    from maskflow.detection.detector import Classifier, MaskModel, build_detector
     from maskflow.detection.settings import DetectorSettings
-    from maskflow.evaluate_scenes import run_scenes
+    from maskflow.scoring import run_scenes
 
     if args.keras:
         from hydra import compose, initialize_config_dir

@@ -56,11 +56,11 @@ class Server:
 @contextmanager
 def served(model: str, server: str = "mlflow", timeout: float = 300) -> Iterator[Server]:
     """``model`` served on a free loopback port by ``mlflow models serve`` or
-    ``python -m maskflow.rest`` (one worker), up and answering /ping; stopped on exit."""
+    ``python -m maskflow.serving.rest`` (one worker), up and answering /ping; stopped on exit."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    command = ([sys.executable, "-m", "maskflow.rest", model, "--port", str(port), "--workers", "1"] if server == "maskflow"
+    command = ([sys.executable, "-m", "maskflow.serving.rest", model, "--port", str(port), "--workers", "1"] if server == "maskflow"
                else [sys.executable, "-m", "mlflow", "models", "serve", "-m", model, "--env-manager", "local",
                      "--host", "127.0.0.1", "--port", str(port), "--workers", "1"])
     env = {**os.environ, "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT}/mlflow.db")}

@@ -3,7 +3,7 @@
     python benchmarks/serving_load.py [--model models:/maskflow@champion] [--server maskflow|mlflow]
                                       [--requests 100] [--timeout 60]
 
-Starts ``python -m maskflow.rest`` (or ``mlflow models serve`` for comparison) with one
+Starts ``python -m maskflow.serving.rest`` (or ``mlflow models serve`` for comparison) with one
 worker on a free loopback port, then:
 
 1. sends ``--requests`` valid requests at once (one mask-scenes-853 image each, client
@@ -86,7 +86,7 @@ def main() -> int:
     parser.add_argument("--scenes", type=Path, default=ROOT.parent / "shared" / "data" / "mask-scenes-853" / "images")
     args = parser.parse_args()
 
-    name = "python -m maskflow.rest" if args.server == "maskflow" else "mlflow models serve"
+    name = "python -m maskflow.serving.rest" if args.server == "maskflow" else "mlflow models serve"
     lines = [f"# REST load test: `{name} {args.model}`, one worker, {os.cpu_count()} CPUs", ""]
     with served(args.model, args.server) as server:
         url, port = server.url, server.port

@@ -91,7 +91,7 @@ def test_calibrate_registers_a_version_that_answers_in_the_sets_convention(yunet
     from mlflow.tracking import MlflowClient
 
     from maskflow.calibrate import main
-    from maskflow.detect import MaskModel, build_detector
+    from maskflow.detection.detector import MaskModel, build_detector
     from maskflow.imageio import Frame, read_image
 
     source = read_scenes(SCENES).images[:20]
@@ -162,7 +162,7 @@ def test_the_pipeline_fits_the_calibration_on_a_scene_parts_train_split_and_expo
     from maskflow import prepare
     from maskflow.contracts import StageContext
     from maskflow.data import read_manifest
-    from maskflow.detect import Classifier, MaskModel, build_detector
+    from maskflow.detection.detector import Classifier, MaskModel, build_detector
     from maskflow.detection.settings import DetectorSettings
     from maskflow.evaluate import _fit_box_calibration, load_model
 

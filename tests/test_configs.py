@@ -22,8 +22,8 @@ def _has_module(name: str) -> bool:
 
 
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())  # every config group
-# A launcher option needs its Hydra plugin (ray is an optional extra).
-PLUGINS = {"joblib": "hydra_plugins.hydra_joblib_launcher", "ray": "hydra_plugins.hydra_ray_launcher"}
+# A launcher option needs its Hydra plugin (the dev extra installs joblib's).
+PLUGINS = {"joblib": "hydra_plugins.hydra_joblib_launcher"}
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))
            if g != "launcher" or _has_module(PLUGINS.get(p.stem, "hydra"))]
 

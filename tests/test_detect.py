@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from maskflow.detect import Classifier, Frame, MaskModel, build_detector, pipelined
+from maskflow.detection.detector import Classifier, MaskModel, build_detector, pipelined
 from maskflow.detection.settings import DetectorSettings
-from maskflow.imageio import read_image
+from maskflow.imageio import Frame, read_image
 
 from .conftest import SCENES, needs_shared
 from .test_serving import tiny_keras_model
@@ -61,7 +61,7 @@ def test_annotate_draws_only_faces_above_the_display_threshold():
 def test_stills_settings_come_from_the_model_and_the_command_line_overrides_them(tmp_path):
     import argparse
 
-    from maskflow.detect import add_detector_args, detector_settings
+    from maskflow.detection.options import add_detector_args, detector_settings
 
     parser = argparse.ArgumentParser()
     add_detector_args(parser)
@@ -102,9 +102,9 @@ def _fixed_classifier(probs):
 
 
 def test_each_face_is_one_record_with_every_class_probability_and_scoring_ranks_the_others_lower():
-    from maskflow.detect import Detector
     from maskflow.detection import Face
-    from maskflow.evaluate_scenes import class_records
+    from maskflow.detection.detector import Detector
+    from maskflow.scoring import class_records
 
     classifier = _fixed_classifier(np.array([0.05, 0.8, 0.15], np.float32))
     frame = Frame("still.jpg", 0, np.full((64, 64, 3), 100, np.uint8), False)
@@ -123,8 +123,8 @@ def test_each_face_is_one_record_with_every_class_probability_and_scoring_ranks_
 
 
 def test_the_operating_point_keeps_faces_ranked_at_or_above_it_and_faces_only_keeps_every_crop():
-    from maskflow.detect import Detector, rank_score
     from maskflow.detection import Face
+    from maskflow.detection.detector import Detector, rank_score
 
     classifier = _fixed_classifier(np.array([0.05, 0.8, 0.15], np.float32))
     frame = Frame("still.jpg", 0, np.full((64, 64, 3), 100, np.uint8), False)
@@ -137,7 +137,7 @@ def test_the_operating_point_keeps_faces_ranked_at_or_above_it_and_faces_only_ke
     lower = Detector(classifier, None, DetectorSettings(operating_point=0.48))
     assert lower.report(lower.label(frame, faces)) == every
     # Two boxes of one face (the trained detector's per-class peaks): the higher-ranked is reported.
-    from maskflow.detect import reported
+    from maskflow.detection.detector import reported
 
     twice = [{**every[0], "box": [9, 9, 30, 30], "label": "without_mask", "score": 0.5}, every[0]]
     assert reported(twice, 0.3) == [every[0]] and reported(twice, None) == twice
@@ -149,7 +149,7 @@ def test_the_operating_point_keeps_faces_ranked_at_or_above_it_and_faces_only_ke
 def test_the_command_line_sets_or_lifts_the_stored_operating_point():
     import argparse
 
-    from maskflow.detect import add_detector_args, detector_settings
+    from maskflow.detection.options import add_detector_args, detector_settings
 
     parser = argparse.ArgumentParser()
     add_detector_args(parser)
@@ -160,7 +160,8 @@ def test_the_command_line_sets_or_lifts_the_stored_operating_point():
 
 
 def test_counts_name_every_class_per_image_and_say_a_video_is_counted_per_frame():
-    from maskflow.detect import Tally, class_counts
+    from maskflow.detect import Tally
+    from maskflow.detection.detector import class_counts
 
     classes = ["with_mask", "without_mask"]
     assert class_counts([{"label": "with_mask"}] * 2, classes) == {"with_mask": 2, "without_mask": 0}

@@ -186,7 +186,7 @@ def test_one_loaded_model_answers_concurrent_calls_as_it_answers_them_one_by_one
 
 @needs_shared
 def test_loading_a_model_leaves_no_packaged_code_on_the_path_for_spawned_processes(yunet_model):
-    from maskflow.detect import MaskModel
+    from maskflow.detection.detector import MaskModel
 
     before = list(sys.path)
     try:
@@ -197,3 +197,31 @@ def test_loading_a_model_leaves_no_packaged_code_on_the_path_for_spawned_process
         mlflow.set_tracking_uri(None)
     assert model.classifier.classes == ["with_mask", "without_mask"] and model.finder_dirs
     assert sys.path == before  # the model's code/ folder is not left in front of the project's maskflow
+
+
+@pytest.mark.slow
+@needs_shared
+def test_mlflow_models_serve_answers_20_concurrent_requests_as_it_answers_them_one_by_one(yunet_model, tmp_path):
+    """MLflow's own server (what `mlflow models build-docker` images and managed targets
+    run) calls predict from many threads: 20 requests at once all get 200, with the faces
+    the same requests get one at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .test_serving import free_port, post, rows, start, stop, wait_http
+
+    port, log = free_port(), tmp_path / "serve.log"
+    proc = start(["mlflow", "models", "serve", "-m", "models:/m/1", "--env-manager", "local", "--host", "127.0.0.1",
+                  "--port", str(port)], log, env={"MLFLOW_TRACKING_URI": yunet_model})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/ping", proc, 240, log)
+        images = sorted((SCENES / "images").glob("*.jpg"))[:20]  # sizes differ: the finder's input size changes
+        one_by_one = [post(url, rows([p])) for p in images]
+        assert all(status == 200 for status, _ in one_by_one), one_by_one[:2]
+        assert sum(len(body["predictions"][0]["faces"]) for _, body in one_by_one) >= 10
+        with ThreadPoolExecutor(20) as pool:
+            at_once = list(pool.map(lambda p: post(url, rows([p])), images))
+        assert [status for status, _ in at_once] == [200] * 20, [b for s, b in at_once if s != 200][:2]
+        assert [body for _, body in at_once] == [body for _, body in one_by_one]
+    finally:
+        stop(proc)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from maskflow import facedet
-from maskflow.detect import Classifier, MaskModel, build_detector
 from maskflow.detection import centernet
+from maskflow.detection.detector import Classifier, MaskModel, build_detector
 from maskflow.detection.settings import DetectorSettings, StillsSettings
 from maskflow.faces import Face
 from maskflow.imageio import Frame
@@ -146,7 +146,7 @@ def test_small_real_model_learns_and_runs_inside_the_detector():
 
 
 def test_fused_probabilities_average_over_the_union_of_classes():
-    from maskflow.detect import _fuse
+    from maskflow.detection.detector import _fuse
 
     p = _fuse([0.2, 0.8], ["mask_weared_incorrect", "with_mask"], [0.4, 0.6], ["with_mask", "without_mask"],
               ["mask_weared_incorrect", "with_mask", "without_mask"])

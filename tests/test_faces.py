@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 from maskflow.annotations import read_scenes
-from maskflow.detection.boxes import calibrate_box
+from maskflow.detection.boxes import calibrate_box, iou
 from maskflow.detection.calibration import fit_box_calibration
 from maskflow.detection.mtcnn import PNET_WINDOW, FaceDetector, _scale_pyramid
-from maskflow.evaluate_scenes import iou
 from maskflow.imageio import read_image
 
 from .conftest import FACES, SCENES, needs_shared

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from maskflow.annotations import read_scenes
-from maskflow.evaluate_scenes import (
+from maskflow.scoring import (
     average_precision,
     compare,
     headroom,
@@ -106,7 +106,7 @@ def test_bootstrap_by_weights_equals_scoring_the_drawn_images():
     the repeated images themselves."""
     import numpy as np
 
-    from maskflow.evaluate_scenes import _match, _summary
+    from maskflow.scoring import _match, _summary
 
     classes = ["with_mask", "without_mask"]
     rng = np.random.default_rng(3)
@@ -172,7 +172,7 @@ def test_unknown_truth_classes_are_ignored_and_counted():
 def test_split_names_split_a_voc_folder_as_the_pipeline_does(tmp_path):
     import shutil
 
-    from maskflow.evaluate_scenes import split_names
+    from maskflow.scoring import split_names
 
     folder = tmp_path / "scenes"
     (folder / "images").mkdir(parents=True)
@@ -190,7 +190,7 @@ def test_split_names_split_a_voc_folder_as_the_pipeline_does(tmp_path):
 
 
 def test_the_operating_point_is_where_box_and_label_together_score_best():
-    from maskflow.evaluate_scenes import at_operating_point, choose_operating_point, face_outcomes, operating_curve
+    from maskflow.scoring import at_operating_point, choose_operating_point, face_outcomes, operating_curve
 
     classes = ["with_mask", "without_mask"]
     truths = [("with_mask", (0, 0, 20, 20)), ("without_mask", (100, 0, 20, 20)), ("with_mask", (200, 0, 20, 20))]
@@ -218,7 +218,7 @@ def test_the_operating_point_is_where_box_and_label_together_score_best():
 
 
 def test_operating_point_intervals_bracket_the_point_and_widen_with_uneven_images():
-    from maskflow.evaluate_scenes import at_operating_point, face_outcomes
+    from maskflow.scoring import at_operating_point, face_outcomes
 
     classes = ["with_mask", "without_mask"]
     truths = [("with_mask", (0, 0, 20, 20))]

@@ -1,5 +1,5 @@
 """A real ``mlflow server`` (sqlite backend, proxied artifacts) and the champion served by
-``python -m maskflow.rest`` (MLflow's scoring protocol with bounded work), both on loopback.
+``python -m maskflow.serving.rest`` (MLflow's scoring protocol with bounded work), both on loopback.
 
 The pipeline's own tracking calls (run, params, config artifact, pyfunc logging,
 registration, promotion aliases) run against the server; the served champion is then
@@ -152,7 +152,7 @@ def served(registered, tmp_path_factory):
     port = free_port()
     log = root / "serve.log"
     # One request admitted at a time, bodies up to 32 MiB (the per-image limit is 16 MiB).
-    proc = start([sys.executable, "-m", "maskflow.rest", "models:/maskflow@champion", "--port", str(port),
+    proc = start([sys.executable, "-m", "maskflow.serving.rest", "models:/maskflow@champion", "--port", str(port),
                   "--max-in-flight", "1", "--max-body-mib", "32"], log, env={"MLFLOW_TRACKING_URI": uri})
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", proc, 240, log)

@@ -36,11 +36,12 @@ import numpy as np
 from tqdm import tqdm
 
 from maskflow.annotations import LabelFormatError, LabelledImage, add_label_args, label_options, read_scenes, require_mapped
-from maskflow.detect import Detector, MaskModel, add_detector_args, build_detector, detector_settings
 from maskflow.detection.boxes import calibrate_box
 from maskflow.detection.calibration import fit_calibration
-from maskflow.evaluate_scenes import format_table, scene_metrics
+from maskflow.detection.detector import Detector, MaskModel, build_detector
+from maskflow.detection.options import add_detector_args, detector_settings
 from maskflow.imageio import DecodeError, Frame, read_image
+from maskflow.scoring import format_table, scene_metrics
 from maskflow.tracking import command_store, registered_version
 
 PROG = "maskflow.calibrate"

@@ -25,11 +25,12 @@ from maskflow.cache import atomic_write_json, digest, read_json, sha256_file, st
 from maskflow.contracts import Evaluation, PreparedData, StageContext, TrainedModel
 from maskflow.data import read_manifest, scene_set
 from maskflow.datasets import image_dataset, split_arrays
-from maskflow.detect import Classifier, MaskModel, build_detector
 from maskflow.detection.calibration import KEYS as CALIBRATION_KEYS
 from maskflow.detection.calibration import fit_calibration
+from maskflow.detection.detector import Classifier, MaskModel, build_detector
 from maskflow.detection.settings import DetectorSettings
-from maskflow.evaluate_scenes import (
+from maskflow.imageio import DecodeError, Frame, read_image
+from maskflow.scoring import (
     at_operating_point,
     choose_operating_point,
     detect_scenes,
@@ -37,7 +38,6 @@ from maskflow.evaluate_scenes import (
     run_scenes,
     scene_metrics,
 )
-from maskflow.imageio import DecodeError, Frame, read_image
 
 # MLflow, Pillow, matplotlib, scikit-learn are imported inside the functions that use them: importing this
 # module (a CLI's --help, a spawned worker, another stage) stays fast without them.

@@ -20,7 +20,6 @@ from typing import Iterable, Sequence
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from maskflow import serving
 from maskflow.cache import digest, sha256_bytes, sha256_file, stage_cache
 from maskflow.contracts import Evaluation, Exported, PreparedData, StageContext, TrainedModel
 from maskflow.datasets import split_arrays
@@ -29,6 +28,7 @@ from maskflow.detection.settings import DetectorSettings
 from maskflow.detection.weights import resolve
 from maskflow.evaluate import load_model
 from maskflow.faces import resize_square
+from maskflow.serving import pyfunc
 
 # MLflow, Pillow are imported inside the functions that use them: importing this
 # module (a CLI's --help, a spawned worker, another stage) stays fast without them.
@@ -195,7 +195,7 @@ def _register(cfg, ctx, trained: TrainedModel, prepared: PreparedData, evaluatio
         detector = DetectorSettings.from_stored(detector).with_calibration(evaluation.box_calibration).to_dict()
     if "operating_point" in evaluation.metrics:  # chosen on val by evaluate (or fixed by detect.operating_point)
         detector["operating_point"] = float(evaluation.metrics["operating_point"])
-    meta = serving.meta_for(trained.classes, trained.input_size, cfg.model.name, detector,
+    meta = pyfunc.meta_for(trained.classes, trained.input_size, cfg.model.name, detector,
                             facedet.classes if face_model is not None else ())
     examples = split_arrays(prepared.manifest, "test", trained.classes)[0][:2]
     return register_pyfunc(str(cfg.export.registered_model), trained.model_path, meta, out / "pyfunc_meta.json",
@@ -230,15 +230,15 @@ def register_pyfunc(name: str, keras_model: Path, meta: dict, meta_path: Path, e
         existing = client.search_model_versions(f"name = '{name}' and tag.model_sha256 = '{model_sha}'")
     except Exception:  # noqa: BLE001 - older servers lack tag filters; register anew
         existing = []
-    existing = [v for v in existing if v.tags.get("pyfunc_api") == str(serving.PYFUNC_API)]
-    identity = {"model_sha256": model_sha, "pyfunc_api": str(serving.PYFUNC_API), "classifier_sha256": sha256_file(keras_model)}
+    existing = [v for v in existing if v.tags.get("pyfunc_api") == str(pyfunc.PYFUNC_API)]
+    identity = {"model_sha256": model_sha, "pyfunc_api": str(pyfunc.PYFUNC_API), "classifier_sha256": sha256_file(keras_model)}
     present: dict[str, str] = {}
     if existing:
         chosen = max(existing, key=lambda v: int(v.version))
         version, present = str(chosen.version), dict(chosen.tags)
         log.info("export: model already registered as %s version %s", name, version)
     else:
-        info = serving.log_pyfunc(keras_model, meta, meta_path, examples, face_model, finder_files, tflite)
+        info = pyfunc.log_pyfunc(keras_model, meta, meta_path, examples, face_model, finder_files, tflite)
         # The identity tags go on with the registration itself, so a run killed right after
         # it leaves a version the next run finds (and finishes below) instead of a duplicate.
         version = str(mlflow.register_model(info.model_uri, name, tags=identity).version)

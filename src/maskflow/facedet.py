@@ -39,8 +39,8 @@ from maskflow.data import read_manifest, scene_set
 from maskflow.detection.boxes import calibrate_box
 from maskflow.detection.centernet import STRIDE, CenterNetFinder, Upsample2x
 from maskflow.detection.settings import DetectorSettings
-from maskflow.evaluate_scenes import score_scenes
 from maskflow.imageio import DecodeError, read_image
+from maskflow.scoring import score_scenes
 
 # MLflow is imported inside the functions that use it: importing this
 # module (a CLI's --help, a spawned worker, another stage) stays fast without it.

@@ -20,6 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 Image.MAX_IMAGE_PIXELS = None
 
 DEFAULT_MAX_PIXELS = 40_000_000  # ~ 6300 x 6300; a 20000 x 20000 PNG is refused
+MIN_IMAGE_SIDE = 16  # as prepare's data.min_image_side: smaller images get no labels ("tiny_image")
 
 
 class DecodeError(Exception):

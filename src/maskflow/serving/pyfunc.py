@@ -23,23 +23,18 @@ request with any undecodable, oversized or malformed row is refused as a whole w
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import dataclasses
 import json
-import sys
 import threading
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Sequence
 
 import mlflow.pyfunc
 
-from maskflow.detect import MIN_IMAGE_SIDE, Classifier
-from maskflow.imageio import DecodeError, Frame, decode_image
+from maskflow.detection.detector import Classifier
+from maskflow.imageio import MIN_IMAGE_SIDE, DecodeError, Frame, decode_image
 from maskflow.tracking import pip_requirements
 
 # Keras, MLflow, pandas are imported inside the functions that use them: importing this
@@ -130,8 +125,8 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
         self._lock = threading.Lock()
 
     def mask_model(self):
-        """The classifier, its detector settings and the detectors' files (:class:`maskflow.detect.MaskModel`)."""
-        from maskflow.detect import MaskModel
+        """The classifier, its detector settings and the detectors' files (:class:`maskflow.detection.detector.MaskModel`)."""
+        from maskflow.detection.detector import MaskModel
         from maskflow.detection.settings import DetectorSettings
 
         # Versions pickled before an attribute existed load without it: getattr gives its default.
@@ -144,7 +139,7 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
         """The detect-then-classify loop of ``maskflow.detect``, built once per mode; it
         reports every candidate, and :meth:`predict` applies the operating point."""
         if faces_only not in self._detectors:
-            from maskflow.detect import build_detector
+            from maskflow.detection.detector import build_detector
 
             model = self.mask_model()
             self._detectors[faces_only] = build_detector(dataclasses.replace(model.settings, operating_point=None), model,
@@ -154,7 +149,7 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
     def operating_point(self, params: dict[str, Any]) -> float | None:
         """The threshold a request reports faces at: its ``min_score``, else the stored
         operating point; None (every candidate) with ``all``."""
-        from maskflow.detect import reporting_threshold
+        from maskflow.detection.detector import reporting_threshold
 
         stored = (getattr(self, "detector_settings", None) or {}).get("operating_point")
         return reporting_threshold(stored, params.get("min_score"), bool(params.get("all")))
@@ -181,7 +176,7 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
         if errors:
             raise MlflowException.invalid_parameter_value(
                 f"{len(errors)} of {len(model_input)} images refused (nothing was scored): " + "; ".join(errors[:20]))
-        from maskflow.detect import class_counts, reported
+        from maskflow.detection.detector import class_counts, reported
 
         params = params or {}
         faces_only = bool(params.get("faces_only", False))
@@ -223,7 +218,7 @@ def log_pyfunc(keras_model: Path, meta: dict, meta_path: Path, example_images: S
     the active MLflow run; returns MLflow's ModelInfo."""
 
     meta_path.write_text(json.dumps(meta))
-    package_dir = Path(__file__).parent
+    package_dir = Path(__file__).parents[1]  # the whole maskflow package travels with the model
     artifacts = {"keras_model": str(keras_model), "meta": str(meta_path)}
     if face_model is not None:
         artifacts["face_detector"] = str(face_model)
@@ -240,53 +235,3 @@ def log_pyfunc(keras_model: Path, meta: dict, meta_path: Path, example_images: S
         input_example=encode_images(example_images[:2]),
         pip_requirements=pip_requirements(),
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m maskflow.serving URL IMAGE [IMAGE ...] [--faces-only]``: send images to
-    a running server, print one JSON line per image (HTTP errors to stderr, exit 1; a busy
-    server's 503 is retried after its Retry-After)."""
-
-    parser = argparse.ArgumentParser(prog="python -m maskflow.serving", description=main.__doc__.splitlines()[0])
-    parser.add_argument("url", help="server root, e.g. http://127.0.0.1:5001")
-    parser.add_argument("images", nargs="+", type=Path)
-    parser.add_argument("--faces-only", action="store_true")
-    parser.add_argument("--min-score", type=float, default=None,
-                        help="report faces whose score x detector_score is at least this (default: the model's operating point)")
-    parser.add_argument("--all", dest="all_faces", action="store_true", help="report every candidate face (the ranked list)")
-    parser.add_argument("--retries", type=int, default=5, help="times to retry a 503 (server busy) after its Retry-After")
-    args = parser.parse_args(argv)
-    missing = [str(p) for p in args.images if not p.is_file()]
-    if missing:  # nothing is sent: a request is all or nothing
-        print(f"maskflow.serving: not a readable file: {', '.join(missing)}", file=sys.stderr)
-        return 1
-    body = {"dataframe_split": encode_images(args.images, sources=True).to_dict(orient="split"),
-            "params": {"faces_only": args.faces_only, "all": args.all_faces,
-                       **({} if args.min_score is None else {"min_score": args.min_score})}}
-    body["dataframe_split"].pop("index", None)
-    data = json.dumps(body).encode()
-    for attempt in range(args.retries + 1):
-        request = urllib.request.Request(args.url.rstrip("/") + "/invocations", data=data,
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=600) as response:
-                for record in json.loads(response.read())["predictions"]:
-                    print(json.dumps(record))
-            return 0
-        except urllib.error.HTTPError as exc:
-            message = exc.read().decode(errors="replace")
-            if exc.code == 503 and attempt < args.retries:  # busy: wait as the server asks
-                wait = float(exc.headers.get("Retry-After") or 1)
-                print(f"HTTP 503, retrying in {wait:g} s: {message}", file=sys.stderr)
-                time.sleep(wait)
-                continue
-            print(f"HTTP {exc.code}: {message}", file=sys.stderr)
-            return 1
-        except (urllib.error.URLError, OSError) as exc:  # no server there, or the connection broke
-            print(f"maskflow.serving: {args.url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
-            return 1
-    return 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

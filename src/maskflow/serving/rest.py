@@ -1,6 +1,6 @@
 """REST server for a registered maskflow model, with bounded work.
 
-    python -m maskflow.rest models:/maskflow@champion --port 5001 [--max-in-flight 2] [--workers 1]
+    python -m maskflow.serving.rest models:/maskflow@champion --port 5001 [--max-in-flight 2] [--workers 1]
 
 The request and answer formats are MLflow's scoring protocol (the parsing, the schema
 check, ``predict`` and the JSON answer are MLflow's own ``scoring_server.invocations``),
@@ -42,7 +42,7 @@ from starlette.requests import ClientDisconnect
 # uvicorn is imported inside the functions that use it: importing this
 # module (a CLI's --help, a spawned worker, another stage) stays fast without it.
 
-log = logging.getLogger("maskflow.rest")
+log = logging.getLogger("maskflow.serving.rest")
 
 # Bodies this short are parsed once more to give an empty request its own message; an
 # empty request is always short, and long bodies are parsed by MLflow alone.
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     defaults = Limits()
-    parser = argparse.ArgumentParser(prog="python -m maskflow.rest", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m maskflow.serving.rest", description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", default="models:/maskflow@champion", help="model URI (default: the champion)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5001)
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "max_body_mib": args.max_body_mib})
     log.info("serving %s on %s:%d: %d worker(s) x %d requests in flight, bodies up to %g MiB", args.model, args.host,
              args.port, args.workers, args.max_in_flight, args.max_body_mib)
-    uvicorn.run("maskflow.rest:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
+    uvicorn.run("maskflow.serving.rest:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
                 log_level="info")
     return 0
 

@@ -1,0 +1,5 @@
+import sys
+
+from maskflow.serving.client import main
+
+sys.exit(main())
