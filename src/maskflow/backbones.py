@@ -21,6 +21,7 @@ import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
 from maskflow.cache import sha256_file
+from maskflow.detection.litert import LiteModel
 
 log = logging.getLogger(__name__)
 
@@ -147,41 +148,24 @@ def to_tflite(model: keras.Model) -> bytes:
     return tf.lite.TFLiteConverter.from_keras_model(model).convert()
 
 
-class TFLitePredictor:
-    """A model run through TFLite (XNNPACK kernels): on a 2-core CPU without AVX-512,
+class TFLitePredictor(LiteModel):
+    """A model run through LiteRT (XNNPACK kernels): on a 2-core CPU without AVX-512,
     MobileNetV2 at 128 px runs about 2.4 ms an image against Keras's 10 (BENCHMARKS.md).
     ``model``: a Keras model (compiled here; outputs come back in its order) or a
-    ``.tflite`` file. Batches of any size; one call at a time (TFLite interpreters are
-    not thread-safe). Compiling raises whatever the converter raises."""
+    ``.tflite`` file. Batches of any size; one call at a time. Compiling raises whatever
+    the converter raises."""
 
     def __init__(self, model: keras.Model | str | Path, threads: int | None = None) -> None:
-        import threading
-
-        keras_model = model if isinstance(model, keras.Model) else None
-        content = to_tflite(keras_model) if keras_model is not None else Path(model).read_bytes()
-        self._interpreter = tf.lite.Interpreter(model_content=content, num_threads=threads or os.cpu_count())
-        self._lock = threading.Lock()
-        image = self._interpreter.get_input_details()[0]
-        self._input, self._image_shape, self._batch = image["index"], list(image["shape"][1:]), None
-        details = self._interpreter.get_output_details()
-        if keras_model is None:
-            self._outputs = [d["index"] for d in details]
-        else:  # TFLite may order the outputs differently: match them to Keras's by shape
-            shapes = keras_model.output_shape if isinstance(keras_model.output_shape, list) else [keras_model.output_shape]
-            self._outputs = []
-            for shape in shapes:
-                match = next(d for d in details if tuple(d["shape"][1:]) == tuple(shape[1:]) and d["index"] not in self._outputs)
-                self._outputs.append(match["index"])
-
-    def __call__(self, images: np.ndarray) -> list[np.ndarray]:
-        with self._lock:
-            if len(images) != self._batch:  # resizing costs microseconds; tensors are re-planned
-                self._interpreter.resize_tensor_input(self._input, [len(images), *self._image_shape])
-                self._interpreter.allocate_tensors()
-                self._batch = len(images)
-            self._interpreter.set_tensor(self._input, np.ascontiguousarray(images, np.float32))
-            self._interpreter.invoke()
-            return [self._interpreter.get_tensor(i).copy() for i in self._outputs]
+        if not isinstance(model, keras.Model):
+            super().__init__(model, threads)
+            return
+        super().__init__(to_tflite(model), threads)
+        # The compiled file may order the outputs differently: match them to Keras's by shape.
+        shapes = model.output_shape if isinstance(model.output_shape, list) else [model.output_shape]
+        self._outputs = []
+        for shape in shapes:
+            match = next(d for d in self.output_details if tuple(d["shape"][1:]) == tuple(shape[1:]) and d["index"] not in self._outputs)
+            self._outputs.append(match["index"])
 
 
 def layers_above(backbone: keras.Model, layer: str, head: keras.Model) -> keras.Model:

@@ -20,7 +20,6 @@ import numpy as np
 
 from maskflow.config import PROJECT_ROOT
 from maskflow.detection.boxes import calibrate_box, iou
-from maskflow.detection.centernet import CenterNetFinder
 from maskflow.detection.finders import FINDERS, build_finder, mtcnn_finder
 from maskflow.detection.settings import DetectorSettings
 from maskflow.faces import Face, crop_face, resize_square
@@ -39,9 +38,9 @@ class Classifier:
         self._lite = None
         self._call = None
         if tflite:
-            from maskflow.backbones import TFLitePredictor
+            from maskflow.detection.litert import LiteModel
 
-            self._lite = TFLitePredictor(tflite)
+            self._lite = LiteModel(tflite)
         else:
             import tensorflow as tf
 
@@ -144,6 +143,8 @@ def build_detector(settings: DetectorSettings, model: MaskModel, faces_only: boo
     if faces_only:
         finder = None
     elif settings.backend == "facedet":
+        from maskflow.detection.centernet import CenterNetFinder  # Keras: only for the trained detector
+
         if model.face_model is None:
             raise ValueError("detect.backend=facedet, but this model carries no trained face detector "
                              "(register one with the pipeline's facedet stage, or use --backend yunet)")

@@ -20,8 +20,15 @@ class YuNetFinder(OnnxFinder):
     def __init__(self, model_path: Path, top_k: int = 5000, **kwargs) -> None:
         super().__init__(model_path, **kwargs)
         # OpenCV keeps boxes from this score on; min_score filters after merging.
-        self._net = cv2.FaceDetectorYN.create(str(self.model_path), "", (320, 320), min(self.min_score, 0.9),
-                                              self.nms_iou, int(top_k))
+        # OpenCV 5 warns here that its new graph engine ignores the target it sets itself:
+        # nothing a user can act on, so its log is kept to errors while the net is built.
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        try:
+            self._net = cv2.FaceDetectorYN.create(str(self.model_path), "", (320, 320), min(self.min_score, 0.9),
+                                                  self.nms_iou, int(top_k))
+        finally:
+            cv2.utils.logging.setLogLevel(level)
         self._size: tuple[int, int] | None = None
 
     def _pass(self, rgb: np.ndarray) -> PassResult:

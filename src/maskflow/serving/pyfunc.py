@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import mlflow.pyfunc
+import pandas as pd
 
 from maskflow.detection.detector import Classifier
 from maskflow.imageio import MIN_IMAGE_SIDE, DecodeError, Frame, decode_image
@@ -94,10 +95,6 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
     a pretrained finder, ``finder_<i>`` (its ONNX files, checked by sha256 at load)."""
 
     def load_context(self, context) -> None:
-        import keras
-
-        from maskflow import backbones  # noqa: F401 - registers the Preprocess layer
-
         meta = json.loads(Path(context.artifacts["meta"]).read_text())
         self.classes: list[str] = list(meta["classes"])
         self.input_size: int = int(meta["input_size"])
@@ -105,15 +102,13 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
         self.detector_settings: dict[str, Any] = dict(meta.get("detector") or {})
         self.max_pixels: int = int(meta.get("max_pixels", MAX_PIXELS))
         self.max_bytes: int = int(meta.get("max_image_bytes", MAX_IMAGE_BYTES))
-        self.model = keras.models.load_model(context.artifacts["keras_model"], compile=False)
-        # The classifier compiled to TFLite, as evaluated (versions registered before it: Keras).
+        # The classifier compiled to TFLite, as evaluated, runs through LiteRT: no TensorFlow
+        # at inference. Keras loads only for versions registered before it, and for the
+        # trained face detector (detect.backend=facedet).
         self.tflite_path: str | None = context.artifacts.get("tflite_model")
+        self.model = None if self.tflite_path else _load_keras(context.artifacts["keras_model"])
         face_path = context.artifacts.get("face_detector")
-        self.face_model = None
-        if face_path:
-            from maskflow.detection import centernet  # noqa: F401 - registers the detector's layers
-
-            self.face_model = keras.models.load_model(face_path, compile=False)
+        self.face_model = _load_keras(face_path, detector=True) if face_path else None
         self.face_classes: list[str] = list(meta.get("face_classes") or [])
         # The pretrained finders' model files travel as artifacts: no ../shared at run time.
         self.finder_dirs = sorted({str(Path(p).parent) for k, p in context.artifacts.items() if k.startswith("finder_")})
@@ -154,8 +149,9 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
         stored = (getattr(self, "detector_settings", None) or {}).get("operating_point")
         return reporting_threshold(stored, params.get("min_score"), bool(params.get("all")))
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[dict]:
-        import pandas as pd
+    # pd.DataFrame: MLflow infers no schema from it (signature() declares one), and asks for
+    # no type hints either.
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[dict]:
         from mlflow.exceptions import MlflowException
 
         if isinstance(model_input, pd.DataFrame) and len(model_input) == 0:
@@ -191,6 +187,16 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
         return out
 
 
+def _load_keras(path: str, detector: bool = False):
+    import keras
+
+    from maskflow import backbones  # noqa: F401 - registers the Preprocess layer
+
+    if detector:
+        from maskflow.detection import centernet  # noqa: F401 - registers the detector's layers
+    return keras.models.load_model(path, compile=False)
+
+
 # Compatibility: versions registered before PYFUNC_API 2 (maskflow 0.1, before 2026-11)
 # pickled this class name; they load as the current model, settings they lack taking
 # DetectorSettings' defaults. Remove once those versions are deleted from the registry.
@@ -208,8 +214,9 @@ def meta_for(classes: Sequence[str], input_size: int, model_name: str, detector:
 # registered under an older contract is registered again rather than reused.
 # 3: the trained face detector travels with the model; labels may be the scene classes;
 # 4: one record per face with "probs", "counts" per row, the stored operating point (params
-# min_score, all), predict safe from many threads.
-PYFUNC_API = 4
+# min_score, all), predict safe from many threads; 5: loads without TensorFlow (the classifier
+# through LiteRT, Keras only for the trained face detector).
+PYFUNC_API = 5
 
 
 def log_pyfunc(keras_model: Path, meta: dict, meta_path: Path, example_images: Sequence[Path], face_model: Path | None = None,
