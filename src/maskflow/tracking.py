@@ -104,7 +104,8 @@ def git_commit(root: Path) -> str:
 def pip_requirements() -> list[str]:
     """Pinned requirements of the MLflow models this project logs (no slow inference)."""
 
-    packages = ("tensorflow", "keras", "numpy", "pandas", "pillow", "opencv-python-headless", "mlflow", "mtcnn", "omegaconf")
+    packages = ("ai-edge-litert", "onnxruntime", "tensorflow", "keras", "numpy", "pandas", "pillow", "opencv-python-headless",
+                "mlflow", "mtcnn", "omegaconf")
     return [f"{p}=={version(p)}" for p in packages]
 
 
