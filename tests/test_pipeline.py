@@ -105,6 +105,15 @@ def test_full_pipeline_registers_and_promotes(tmp_path):
         assert key in metrics, key
     assert champion.tags["backbone"] == "mobilenet_025"
 
+    # Re-run with nothing changed: every stage from the cache, and the training cost it
+    # reports is what the first run spent, not the seconds of reading the cache.
+    run_pipeline(tmp_path, *common)
+    warm = client.search_runs([run.info.experiment_id], order_by=["attributes.start_time DESC"])[0].data.metrics
+    cost = ("tune_embed_compute_s", "tune_search_compute_s", "train_time_s")
+    assert [warm[k] for k in cost] == [metrics[k] for k in cost] and metrics["tune_search_compute_s"] > 1
+    assert (warm["tune_cached"], warm["finetune_cached"], metrics["tune_cached"]) == (1.0, 1.0, 0.0)
+    assert warm["tune_time_s"] < metrics["tune_time_s"]
+
     # A fresh process loads the champion and classifies real face images.
     faces = sorted((data / "with_mask").iterdir())[:2] + sorted((data / "without_mask").iterdir())[:2]
     script = (
@@ -182,7 +191,7 @@ def test_full_pipeline_registers_and_promotes(tmp_path):
     assert latest.tags["facedet_val_map50"]  # the CenterNet's numbers travel with its version
 
     # The comparison report is read back from the MLflow runs.
-    proc = subprocess.run([sys.executable, "-m", "maskflow.report", "--models", "mobilenet_025", "--out", str(tmp_path / "cmp"),
+    proc = subprocess.run([sys.executable, "-m", "maskflow.report", "--out", str(tmp_path / "cmp"),
                            "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = (tmp_path / "cmp" / "comparison.md").read_text()

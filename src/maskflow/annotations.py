@@ -34,6 +34,8 @@ from glob import escape as glob_escape
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from maskflow.errors import UserError
+
 log = logging.getLogger(__name__)
 
 FORMATS = ("voc", "yolo", "coco")
@@ -58,7 +60,7 @@ YOLO_NAME_FILES = ("classes.txt", "obj.names", "data.yaml", "data.yml")
 Box = tuple[int, int, int, int]
 
 
-class LabelFormatError(ValueError):
+class LabelFormatError(UserError, ValueError):
     """A folder whose labels cannot be read at all (no format found, bad class map): the
     message names the problem and the fix."""
 

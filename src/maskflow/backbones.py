@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from maskflow.cache import sha256_file
 from maskflow.detection.litert import LiteModel
+from maskflow.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ _TORCH_STD = (0.229, 0.224, 0.225)
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(UserError, RuntimeError):
     """ImageNet weights for a backbone can be found neither locally nor by download."""
 
 

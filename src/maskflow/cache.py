@@ -94,3 +94,18 @@ def stage_cache(cache_dir: Path, stage: str, key: str, out_dir: Path, compute: C
     except OSError:  # another run stored the same key meanwhile: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
     return result, False
+
+
+def compute_seconds(entry: Path, seconds: float, computed: bool) -> float | None:
+    """What computing a cache entry cost, whichever run computed it: ``seconds`` (this
+    run's, added to what earlier, interrupted runs spent) is stored in ``entry`` when it
+    was ``computed`` here; a run that read the entry from the cache gets the stored cost
+    back (None for entries made before costs were kept). Training time is a comparison
+    criterion: a cached run must not report its few seconds as the cost."""
+    ledger = Path(entry) / "compute_seconds.json"
+    stored = read_json(ledger).get("seconds") if ledger.exists() else None
+    if not computed:
+        return stored
+    total = float(seconds) + float(stored or 0.0)
+    atomic_write_json(ledger, {"seconds": round(total, 3)})
+    return total

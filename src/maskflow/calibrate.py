@@ -40,6 +40,7 @@ from maskflow.detection.boxes import calibrate_box
 from maskflow.detection.calibration import fit_calibration
 from maskflow.detection.detector import Detector, MaskModel, build_detector
 from maskflow.detection.options import add_detector_args, detector_settings
+from maskflow.errors import cli
 from maskflow.imageio import DecodeError, Frame, read_image
 from maskflow.scoring import format_table, scene_metrics
 from maskflow.tracking import command_store, registered_version
@@ -98,6 +99,7 @@ def register(model_uri: str, calibration: dict[str, float], tags: dict[str, str]
     return version
 
 
+@cli("maskflow.calibrate")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m maskflow.calibrate", description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="labelled scenes: a VOC, YOLO or COCO folder (or a COCO JSON file)")

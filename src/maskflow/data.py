@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from maskflow.annotations import CLASSES, FORMATS, SceneSet, read_scenes
 from maskflow.cache import digest
+from maskflow.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def list_folder_dataset(root: Path) -> list[Item]:
 def list_items(data_cfg: DictConfig) -> list[Item]:
     root = Path(data_cfg.root)
     if not root.is_dir() and not (data_cfg.format == "coco" and root.is_file()):  # a COCO set may be named by its JSON
-        raise FileNotFoundError(
+        raise DataError(
             f"data folder {root} does not exist: set data.root=<dir> or MASKFLOW_DATA_DIR "
             "(the folder that holds mask-faces-4k/ and mask-scenes-853/)"
         )
@@ -130,5 +131,5 @@ def require_training_samples(manifest: Path, classes: Sequence[str], counts: dic
         reasons = Counter(r["reason"] for r in rows if r["label"] == label and r["status"] != "ok")
         kept = sum(counts[split].get(label, 0) for split in counts)
         details.append(f"{label!r}: {kept} kept in val/test, skipped {dict(reasons) or 'none listed'}")
-    raise ValueError(f"class(es) with no usable training sample: {'; '.join(details)}. Add usable files, or leave the "
+    raise DataError(f"class(es) with no usable training sample: {'; '.join(details)}. Add usable files, or leave the "
                      f"class out of data.classes (manifest: {manifest})")

@@ -41,6 +41,7 @@ from maskflow.cache import digest
 from maskflow.detection.boxes import iou
 from maskflow.detection.detector import MaskModel, build_detector, class_counts, pipelined
 from maskflow.detection.options import add_detector_args, detector_settings
+from maskflow.errors import cli
 from maskflow.imageio import Frame
 from maskflow.sources import iter_sources
 
@@ -108,6 +109,7 @@ class Tally:
 
 
 
+@cli("maskflow.detect")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m maskflow.detect", description=__doc__.splitlines()[0])
     parser.add_argument("sources", nargs="+", help="image, folder, video file, camera index or stream URL")

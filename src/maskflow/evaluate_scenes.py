@@ -45,9 +45,11 @@ from maskflow.config import CONF_DIR, compose_option, register_configs
 from maskflow.data import read_manifest
 from maskflow.detection.detector import MaskModel, build_detector
 from maskflow.detection.options import add_detector_args, detector_settings
+from maskflow.errors import cli
 from maskflow.scoring import at_operating_point, compare, face_outcomes, format_table, run_scenes, split_names
 
 
+@cli("maskflow.evaluate_scenes")
 def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m maskflow.evaluate_scenes", description=__doc__.splitlines()[0])

@@ -118,7 +118,8 @@ def run(cfg: DictConfig, ctx: StageContext) -> TrainedModel:
     model_path, history_path = work / "model.keras", work / "history.json"
     size = int(cfg.model.input_size)
 
-    if model_path.exists() and history_path.exists():
+    cached = model_path.exists() and history_path.exists()
+    if cached:  # its train_time_s is what training cost when it ran
         log.info("finetune: cached model %s", model_path)
         summary = read_json(history_path)
     else:
@@ -130,6 +131,7 @@ def run(cfg: DictConfig, ctx: StageContext) -> TrainedModel:
         for epoch, row in enumerate(summary["history"], start=1):
             mlflow.log_metrics({f"ft_{k}": float(v) for k, v in row.items()}, step=epoch)
         mlflow.log_metrics({k: summary[k] for k in ("val_accuracy", "val_loss", "train_accuracy", "train_time_s", "params_total", "params_trainable", "epochs_run")})
+        mlflow.log_metric("finetune_cached", float(cached))
         mlflow.log_params({"finetune_kept": summary["kept"], "finetune_unfrozen_layers": summary["unfrozen_layers"]})
         _log_model(model_path, ctx)
     out = ctx.run_dir / "finetune"

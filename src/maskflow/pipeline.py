@@ -11,6 +11,7 @@ import importlib
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from maskflow import tracking
@@ -27,6 +29,7 @@ from maskflow.config import CONF_DIR, PROJECT_ROOT, compose_option, register_con
 from maskflow.contracts import StageContext, to_jsonable
 from maskflow.detection.finders import file_sha256, finder_files
 from maskflow.detection.weights import resolve
+from maskflow.errors import UserError, full_error, one_line, report
 
 # MLflow is imported inside the functions that use it: importing this
 # module (a CLI's --help, a spawned worker, another stage) stays fast without it.
@@ -105,12 +108,62 @@ register_configs()
 def main(cfg: DictConfig) -> float | None:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    results = run_pipeline(cfg, run_dir)
+    try:
+        results = run_pipeline(cfg, run_dir)
+    except UserError as exc:
+        # One line and the exit code (a multirun's job is reported by Hydra and the sweep goes on).
+        if full_error() or HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        sys.exit(report("maskflow.pipeline", exc))
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name(str(cfg.tracking.experiment))
+    exported = results.get("export")
+    for line in tracking.ui_links(experiment.experiment_id, getattr(exported, "registered_model", None)):
+        print(line)
     # A sweeper (Optuna, Ax) can optimise this value across a multirun.
     evaluation = results.get("evaluate") or results.get("finetune")
     metrics = getattr(evaluation, "metrics", None) or {}
     return metrics.get(cfg.get("optimized_metric", "")) if cfg.get("optimized_metric") else None
 
 
-if __name__ == "__main__":
+def override_error(argv: list[str]) -> str | None:
+    """Why these command-line overrides cannot run, before any work: an option or key that
+    does not exist, a malformed override, or a value of the wrong type for its key (the
+    default's type: ``seed=abc``); None when they compose. Sweeps (``-m``) are left to Hydra."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if any(a in ("-m", "--multirun") or a.startswith("-") for a in argv):
+        return None  # a sweep, --cfg, --help, ...: Hydra's own handling
+    overrides = [a for a in argv if "=" in a]
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            default = compose(config_name="config")
+            chosen = compose(config_name="config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        return one_line(exc)
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        before = OmegaConf.select(default, key, throw_on_resolution_failure=False)
+        after = OmegaConf.select(chosen, key, throw_on_resolution_failure=False)
+        for kind, name in ((bool, "true or false"), (int, "an integer"), (float, "a number")):
+            if isinstance(before, kind) and not isinstance(after, kind) and not (kind is float and isinstance(after, int)):
+                return f"{key}={value}: expected {name}, like its default {key}={before}"
+            if isinstance(before, kind):
+                break
+    return None
+
+
+def cli() -> None:
+    error = override_error(sys.argv[1:])
+    if error and not full_error():
+        print(f"maskflow.pipeline: error: {error} (python -m maskflow.pipeline --help lists the options)", file=sys.stderr)
+        sys.exit(2)
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -36,6 +36,7 @@ from maskflow.data import MANIFEST_FIELDS, list_items, scene_classes
 from maskflow.detection.boxes import corners_of, iou_matrix
 from maskflow.detection.finders import build_finder
 from maskflow.detection.mtcnn import FaceDetector
+from maskflow.errors import DataError
 from maskflow.faces import crop_face, largest_face, resize_square
 from maskflow.imageio import DecodeError, read_image
 
@@ -264,7 +265,7 @@ def run(cfg: DictConfig, ctx: StageContext, name: str = "prepare") -> PreparedDa
     rows = _rows(items, records, keys, cfg.data)
     if not any(r["status"] == "ok" for r in rows):
         reasons = Counter(r["reason"] for r in rows)
-        raise ValueError(f"prepare: no usable sample in {cfg.data.root} ({len(items)} files listed; skip reasons: "
+        raise DataError(f"prepare: no usable sample in {cfg.data.root} ({len(items)} files listed; skip reasons: "
                          f"{dict(reasons) or 'none'}): check data.root and data.format")
     classes = _classes(cfg.data, rows)
     kept = [r for r in rows if r["status"] == "ok"]

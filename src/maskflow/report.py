@@ -1,10 +1,14 @@
 """Backbone comparison report, answered from MLflow runs (never from memory).
 
-    python -m maskflow.report --models mobilenetv2,mobilenetv2_035,mobilenet_025 [--out DIR]
+    python -m maskflow.report [--models mobilenetv2,mobilenetv2_035,mobilenet_025] [--data mask-union] [--out DIR]
 
-For each backbone, the newest finished pipeline run (with test metrics) of the experiment
-is read; one row per backbone: train/val/test accuracy, cross-dataset accuracy, training
-time, parameters, size and CPU latency. Writes ``comparison.md``, ``comparison.html`` and
+For each backbone (default: every backbone with a finished run in the experiment), the
+newest finished pipeline run (with test metrics) is read; one row per backbone: train/val
+accuracy, training time and parameters (the seed's comparison), then test and
+cross-dataset accuracy, the held-out scenes' mAP@0.5 with its interval (what ranks a
+detector) and AP per class, size and CPU latency. Training time is what embedding,
+searching and fine-tuning cost when they were computed, also for a run whose stages came
+from the cache (marked "cached"). Writes ``comparison.md``, ``comparison.html`` and
 ``comparison.png`` (bar charts) and logs them to a ``comparison`` MLflow run.
 """
 
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from maskflow.config import PROJECT_ROOT
+from maskflow.errors import cli
 
 # MLflow, matplotlib are imported inside the functions that use them: importing this
 # module (a CLI's --help, a spawned worker, another stage) stays fast without them.
@@ -26,11 +31,11 @@ log = logging.getLogger(__name__)
 COLUMNS = [  # (metric, header, format)
     ("train_accuracy", "train acc", "{:.4f}"),
     ("val_accuracy", "val acc", "{:.4f}"),
+    ("training_s", "training s (embed+search+finetune)", "{:.0f}"),
+    ("params_total", "params (M)", "{:.2f}"),
     ("test_accuracy", "test acc", "{:.4f}"),
     ("test_f1_macro", "test F1", "{:.4f}"),
     ("xtest", "cross-dataset acc", "{:.4f}"),
-    ("training_s", "training s (tune+finetune)", "{:.0f}"),
-    ("params_total", "params (M)", "{:.2f}"),
     ("model_size_mb", "size MB", "{:.1f}"),
     ("flops_b1", "GFLOPs", "{:.2f}"),
     ("latency_ms_b1", "latency ms (b1)", "{:.1f}"),
@@ -41,6 +46,13 @@ COLUMNS = [  # (metric, header, format)
     ("scenes_ap50_without_mask", "AP without_mask", "{:.3f}"),
     ("scenes_ap50_mask_weared_incorrect", "AP mask_weared_incorrect", "{:.3f}"),
 ]
+
+
+def backbones_of(client, experiment_id: str, data: str | None = None) -> list[str]:
+    """Every backbone with a finished pipeline run in the experiment (on ``data``)."""
+    query = "attributes.status = 'FINISHED' and tags.model != ''" + (f" and tags.data = '{data}'" if data else "")
+    runs = client.search_runs([experiment_id], query, max_results=5000)
+    return sorted({r.data.tags["model"] for r in runs if "model" in r.data.tags and "test_accuracy" in r.data.metrics})
 
 
 def collect(client, experiment_id: str, models: Sequence[str], data: str | None = None) -> list[dict[str, Any]]:
@@ -56,7 +68,10 @@ def collect(client, experiment_id: str, models: Sequence[str], data: str | None 
         m = dict(run.data.metrics)
         xtest = [v for k, v in m.items() if k.startswith("xtest_") and k.endswith("_accuracy")]
         m["xtest"] = xtest[0] if len(xtest) == 1 else (sum(xtest) / len(xtest) if xtest else float("nan"))
-        m["training_s"] = m.get("tune_time_s", 0.0) + m.get("finetune_time_s", 0.0)
+        parts = [m.get("tune_embed_compute_s"), m.get("tune_search_compute_s"), m.get("train_time_s")]
+        # Runs logged before costs were kept (2026-12-05) have no honest figure: n/a.
+        m["training_s"] = sum(parts) if all(v is not None for v in parts) else float("nan")
+        m["cached"] = bool(m.get("tune_cached")) and bool(m.get("finetune_cached"))
         m["params_total"] = m.get("params_total", float("nan")) / 1e6
         m["flops_b1"] = m.get("flops_b1", float("nan")) / 1e9
         rows.append({"model": model, "run_id": run.info.run_id, "data": run.data.tags.get("data", ""),
@@ -69,7 +84,8 @@ def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
     if key not in row or row[key] != row[key]:
         return "n/a"
     low, high = row.get(f"{key}_ci95_low"), row.get(f"{key}_ci95_high")
-    return fmt.format(row[key]) + (f" ({low:.2f}-{high:.2f})" if low is not None and high is not None else "")
+    cell = fmt.format(row[key]) + (f" ({low:.2f}-{high:.2f})" if low is not None and high is not None else "")
+    return cell + (" (cached)" if key == "training_s" and row.get("cached") else "")
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -82,23 +98,31 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def charts(rows: list[dict[str, Any]], path: Path) -> None:
+    """One panel per criterion, a horizontal bar per backbone (names stay readable from 1
+    to a dozen backbones); scenes mAP with its 95% interval."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("test_accuracy", "test accuracy"), ("xtest", "cross-dataset accuracy"), ("training_s", "training seconds"),
-              ("params_total", "parameters (M)"), ("latency_ms_b1", "latency ms (batch 1, CPU)")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
+    panels = [("val_accuracy", "val accuracy"), ("scenes_map50", "held-out scenes mAP@0.5"),
+              ("training_s", "training seconds"), ("params_total", "parameters (M)"), ("latency_ms_b1", "latency ms (b1, CPU)")]
     names = [r["model"] for r in rows]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 1.2 + 0.4 * len(rows)), sharey=True)
     for ax, (key, title) in zip(axes, panels):
         values = [r.get(key, float("nan")) for r in rows]
-        ax.bar(names, values, color="tab:blue")
+        low = [r.get(f"{key}_ci95_low") for r in rows]
+        high = [r.get(f"{key}_ci95_high") for r in rows]
+        errors = None
+        if all(v is not None for v in low + high) and rows:
+            errors = [[max(0.0, v - lo) for v, lo in zip(values, low)], [max(0.0, hi - v) for v, hi in zip(values, high)]]
+        ax.barh(names, values, xerr=errors, color="tab:blue", capsize=3)
         ax.set_title(title, fontsize=10)
-        ax.tick_params(axis="x", rotation=35, labelsize=8)
-        if "accuracy" in key:
-            finite = [v for v in values if v == v]
-            ax.set_ylim(max(0.0, min(finite) - 0.05) if finite else 0, 1.0)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.invert_yaxis()
+        if "accuracy" in key or "map" in key:
+            finite = [v for v in values + [x for x in high if x is not None] if v == v]
+            ax.set_xlim(max(0.0, min(finite) - 0.05) if finite else 0, min(1.0, max(finite) + 0.02) if finite else 1.0)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -120,9 +144,11 @@ def write(rows: list[dict[str, Any]], out: Path) -> dict[str, Path]:
     return {"md": out / "comparison.md", "html": out / "comparison.html", "png": out / "comparison.png"}
 
 
+@cli("maskflow.report")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Backbone comparison report from MLflow runs")
-    parser.add_argument("--models", required=True, help="comma-separated model config names")
+    parser.add_argument("--models", default=None,
+                        help="comma-separated model config names (default: every backbone with a finished run)")
     parser.add_argument("--data", default=None, help="only runs on this data config (e.g. mask-faces-4k)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/comparison)")
     parser.add_argument("--tracking-uri", default=None, help="default: the project's sqlite store")
@@ -137,7 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     experiment = client.get_experiment_by_name(args.experiment)
     if experiment is None:
         raise SystemExit(f"no MLflow experiment '{args.experiment}' at {mlflow.get_tracking_uri()}: run the pipeline first")
-    rows = collect(client, experiment.experiment_id, [m.strip() for m in args.models.split(",") if m.strip()], args.data)
+    models = ([m.strip() for m in args.models.split(",") if m.strip()] if args.models
+              else backbones_of(client, experiment.experiment_id, args.data))
+    rows = collect(client, experiment.experiment_id, models, args.data)
     if not rows:
         raise SystemExit("no finished runs with test metrics for those models")
     out = args.out or PROJECT_ROOT / "outputs" / "comparison"

@@ -57,8 +57,36 @@ def use_store(uri: str, experiment: str, artifact_root: str | None = None, regis
             experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
     else:
         experiment_id = found.experiment_id
+    if found is None or "mlflow.experimentKind" not in found.tags:
+        # MLflow 3's UI opens an experiment of unknown kind on its GenAI overview (traces,
+        # tokens); this one holds training runs, so it opens on the runs table.
+        with _quiet_race():
+            mlflow.MlflowClient().set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+@contextmanager
+def _quiet_race() -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - a parallel job tagged it first, or the server refuses: the UI only
+        log.debug("experiment kind not set: %s", exc)
+
+
+def ui_links(experiment_id: str, model_name: str | None = None) -> list[str]:
+    """Where to look at this experiment's runs and the registered model in MLflow's UI."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        base, start = uri.rstrip("/"), None
+    else:
+        base, start = "http://127.0.0.1:5000", f"mlflow ui --backend-store-uri {uri}"
+    lines = [f"runs: {base}/#/experiments/{experiment_id}/runs"]
+    if model_name:
+        lines.append(f"registered model: {base}/#/models/{model_name}")
+    return ([f"MLflow UI ({start}, then open):"] if start else ["MLflow UI:"]) + [f"  {line}" for line in lines]
 
 
 def command_store(tracking_uri: str | None = None) -> str:

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from maskflow import backbones
-from maskflow.cache import atomic_write_json, digest, file_lock
+from maskflow.cache import atomic_write_json, compute_seconds, digest, file_lock
 from maskflow.contracts import PreparedData, StageContext, TunedHead
 from maskflow.data import read_manifest, require_training_samples
 from maskflow.datasets import balanced_class_weights, image_dataset, split_arrays
@@ -263,8 +263,10 @@ def run(cfg: DictConfig, ctx: StageContext) -> TunedHead:
     emb_dir = ctx.cache_dir / "embeddings" / f"{cfg.model.name}-{key}"
     started = time.perf_counter()
     with file_lock(ctx.cache_dir / "embeddings" / f".{cfg.model.name}-{key}.lock"):
+        embedded_now = not all((emb_dir / f"{split}.npz").exists() for split in ("train", "val", "test"))
         compute_embeddings(cfg, prepared, weights, emb_dir)
     embed_time = time.perf_counter() - started
+    embed_cost = compute_seconds(emb_dir, embed_time, embedded_now)
     x_train, y_train = load_embeddings(emb_dir, "train")
     x_val, y_val = load_embeddings(emb_dir, "val")
     n_classes = len(prepared.classes)
@@ -298,6 +300,7 @@ def run(cfg: DictConfig, ctx: StageContext) -> TunedHead:
             except RuntimeError as exc:  # KerasTuner gives up after several failed trials in a row
                 log.error("tune: search stopped: %s", str(exc).splitlines()[0])
     search_time = time.perf_counter() - started
+    search_cost = compute_seconds(tuner_dir / project, search_time, bool(hypermodel.fitted)) if role != "worker" else None
     out_dir = ctx.run_dir / "tune"
     out_dir.mkdir(parents=True, exist_ok=True)
     if role == "worker":
@@ -331,6 +334,10 @@ def run(cfg: DictConfig, ctx: StageContext) -> TunedHead:
             "tune_trials": len(done), "tune_failed_trials": len(failed), "tune_best_score": best_score, "tune_embed_time_s": round(embed_time, 3),
             "tune_search_time_s": round(search_time, 3),
             **({"tune_trial_mean_s": float(np.mean(seconds))} if seconds else {}),
+            # What embedding and searching cost when they were computed (cached runs included).
+            **({"tune_embed_compute_s": embed_cost} if embed_cost is not None else {}),
+            **({"tune_search_compute_s": search_cost} if search_cost is not None else {}),
+            "tune_cached": float(not embedded_now and not hypermodel.fitted),
         })
         import pandas as pd
 

@@ -47,8 +47,10 @@ class LiteModel:
 
     def __init__(self, model: bytes | str | Path, threads: int | None = None, outputs: Sequence[int] | None = None) -> None:
         content = model if isinstance(model, bytes) else Path(model).read_bytes()
+        # OMP_NUM_THREADS, where a scheduler (Ray's actors, a container) set it, else every core.
+        threads = threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count()
         with _native_stderr_muted():
-            self._interpreter = interpreter_class()(model_content=content, num_threads=threads or os.cpu_count())
+            self._interpreter = interpreter_class()(model_content=content, num_threads=threads)
             self._interpreter.allocate_tensors()
         self._lock = threading.Lock()
         image = self._interpreter.get_input_details()[0]

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Sequence
 
 from maskflow.cache import sha256_file
+from maskflow.errors import UserError
 
 
-class FinderFileError(FileNotFoundError):
+class FinderFileError(UserError, FileNotFoundError):
     """A finder's model file is missing or does not match its checksum."""
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from maskflow.cache import digest
+from maskflow.errors import ModelNotFound, cli, one_line
 from maskflow.imageio import MIN_IMAGE_SIDE, DecodeError, Frame, decode_image
 from maskflow.sources import IMAGE_EXTS, VIDEO_EXTS
 
@@ -161,7 +162,8 @@ def pack_model(model_uri: str) -> bytes:
 class Scorer:
     """A Ray Data actor: one model, loaded once; each batch of sources becomes one part."""
 
-    def __init__(self, packed: list, out: str, every: int) -> None:
+    def __init__(self, packed: list, out: str, every: int, cpus: float = 1.0) -> None:
+        import cv2
         import ray
 
         from maskflow.detection.detector import MaskModel, build_detector
@@ -170,21 +172,38 @@ class Scorer:
         data = ray.get(packed[0])
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             archive.extractall(folder)
+        # The cores this actor reserved, not the machine's: actors side by side do not
+        # oversubscribe it (Ray sets OMP_NUM_THREADS, which LiteRT reads, the same way).
+        cv2.setNumThreads(max(1, int(cpus)))
+        os.environ["OMP_NUM_THREADS"] = str(max(1, int(cpus)))
         model = MaskModel.from_uri(folder)
         # The model's stored settings, operating point included: what `maskflow.detect` runs.
         self.detector = build_detector(model.settings, model)
         self.out, self.every = out, max(1, int(every))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        rows: list[dict] = []
-        for source in batch["source"]:
-            rows.extend(self.score(str(source)))
+        from maskflow.detection.detector import pipelined
+
+        failed: list[dict] = []
+
+        def frames() -> Iterator[Frame]:
+            for source in batch["source"]:
+                for item in self.read(str(source)):
+                    if isinstance(item, Frame):
+                        yield item
+                    else:
+                        failed.append(item)
+
+        # As maskflow.detect runs: the finder on frame n+1 overlaps labelling frame n.
+        rows = [_row(frame.source, frame.index, faces) for frame, faces in pipelined(self.detector, frames())]
+        rows += failed
         write_part(self.out, rows)
         faces = Counter(f["label"] for r in rows for f in r["faces"])
         return {"source": [r["source"] for r in rows], "error": [r["error"] for r in rows],
                 "faces": [len(r["faces"]) for r in rows], "counts": [json.dumps(faces)] + [""] * (len(rows) - 1)}
 
-    def score(self, source: str) -> Iterator[dict]:
+    def read(self, source: str) -> Iterator[Frame | dict]:
+        """The frames of ``source``, or the row that says why it has none."""
         if Path(source.split("?")[0]).suffix.lower() in VIDEO_EXTS:
             yield from self._video(source)
             return
@@ -201,9 +220,9 @@ class Scorer:
         if min(rgb.shape[:2]) < MIN_IMAGE_SIDE:
             yield _row(source, 0, error=f"tiny_image ({rgb.shape[1]}x{rgb.shape[0]} px, under {MIN_IMAGE_SIDE} px)")
             return
-        yield _row(source, 0, self.detector(Frame(source, 0, rgb, False)))
+        yield Frame(source, 0, rgb, False)
 
-    def _video(self, source: str) -> Iterator[dict]:
+    def _video(self, source: str) -> Iterator[Frame | dict]:
         import cv2
 
         fs, path = _fs(source)
@@ -228,8 +247,7 @@ class Scorer:
                     ok, bgr = cap.retrieve()
                     if ok:
                         kept += 1
-                        frame = Frame(source, index, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), True)
-                        yield _row(source, index, self.detector(frame))
+                        yield Frame(source, index, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), True)
                 index += 1
             if kept == 0:
                 yield _row(source, 0, error="no decodable frames")
@@ -261,7 +279,7 @@ def run(sources: Sequence[str], out: str, packed: bytes, actors: int = 1, every:
         dataset = ray.data.from_items([{"source": s} for s in todo], override_num_blocks=max(1, len(todo) // part_size))
         # The model goes into the object store once, for every actor (nested in a list, so
         # Ray hands each actor the reference and the actor fetches it).
-        scored = dataset.map_batches(Scorer, fn_constructor_args=([ray.put(packed)], out, every), batch_size=part_size,
+        scored = dataset.map_batches(Scorer, fn_constructor_args=([ray.put(packed)], out, every, cpus), batch_size=part_size,
                                      compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus, batch_format="numpy")
         for row in scored.iter_rows():
             rows += 1
@@ -276,6 +294,7 @@ def run(sources: Sequence[str], out: str, packed: bytes, actors: int = 1, every:
             **{f"faces_{c}": n for c, n in sorted(totals.items())}}
 
 
+@cli("maskflow.batch")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__.splitlines()[0])
     parser.add_argument("sources", nargs="+", help="folder, glob or file: a local path or a filesystem URI (s3://...)")
@@ -284,12 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else the project's sqlite store")
     parser.add_argument("--address", default=None,
                         help="a running Ray cluster: auto, or ray://HEAD:10001 (default: start Ray on this machine)")
-    parser.add_argument("--actors", type=int, default=1, help="model replicas (one model per actor)")
+    parser.add_argument("--actors", type=int, default=None,
+                        help="model replicas, one model each (default: one per CPU of this machine or cluster)")
     parser.add_argument("--cpus-per-actor", type=float, default=None, help="default: this machine's or cluster's CPUs / actors")
     parser.add_argument("--every", type=int, default=1, help="on video, score every k-th frame")
     parser.add_argument("--part-size", type=int, default=64, help="sources per Parquet part (the unit of resumption)")
     args = parser.parse_args(argv)
-    if args.actors < 1 or args.every < 1 or args.part_size < 1:
+    if (args.actors is not None and args.actors < 1) or args.every < 1 or args.part_size < 1:
         parser.error("--actors, --every and --part-size must be 1 or more")
 
     import mlflow
@@ -302,15 +322,16 @@ def main(argv: list[str] | None = None) -> int:
         packed = pack_model(args.model)
         version = registered_version(mlflow.MlflowClient(), args.model)[1]
     except Exception as exc:  # noqa: BLE001 - an unknown name, alias, run or folder: MLflow's message says which
-        print(f"{PROG}: model {args.model!r} does not resolve ({str(exc).splitlines()[0]}): register one with "
-              f"`python -m maskflow.pipeline`, or pass --model URI", file=sys.stderr)
-        return 2
+        raise ModelNotFound(f"model {args.model} does not resolve in {mlflow.get_tracking_uri()} ({one_line(exc)[:300]}): "
+                            "run `python -m maskflow.pipeline` to register one, or pass --model URI") from exc
     # Actors' own output stays in Ray's logs (/tmp/ray/session_latest/logs): every failed
     # input is a row with its reason, and an actor's crash reaches the driver as an error.
     ray.init(address=args.address, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
              runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "3"}})
     ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its plan and log paths: not for the reader
+    # One single-threaded actor per core beat one actor using every core (BENCHMARKS.md).
+    args.actors = args.actors or max(1, int(ray.available_resources().get("CPU", 1)))
     with mlflow.start_run(run_name=f"batch-{digest(args.sources, 8)}", tags={"maskflow.command": "batch"}):
         mlflow.log_params({"model": args.model, "model_version": version or "", "sources": json.dumps(args.sources)[:6000],
                            "out": args.out, "actors": args.actors, "every": args.every, "address": args.address or "local"})

@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import socket
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,8 @@ from fastapi.responses import JSONResponse, Response
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import scoring_server
 from starlette.requests import ClientDisconnect
+
+from maskflow.errors import ModelNotFound, UserError, cli, one_line
 
 # uvicorn is imported inside the functions that use it: importing this
 # module (a CLI's --help, a spawned worker, another stage) stays fast without it.
@@ -193,6 +196,31 @@ def app_from_env() -> FastAPI:
     return create_app(model, Limits(**settings))
 
 
+def _free(host: str, port: int) -> None:
+    """Stop before loading anything when the port is taken (uvicorn would say so late, in a log)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}): stop what serves there, or pass --port N") from exc
+
+
+def _resolves(uri: str) -> None:
+    """A models:/ URI names a registered version (other URIs are checked when loaded)."""
+    import mlflow
+
+    from maskflow.tracking import registered_version
+
+    if uri.startswith("models:/"):
+        try:
+            registered_version(mlflow.MlflowClient(), uri)
+        except Exception as exc:  # noqa: BLE001 - MLflow's message names what is missing
+            raise ModelNotFound(f"model {uri} does not resolve in {mlflow.get_tracking_uri()} ({one_line(exc)[:200]}): "
+                                "run `python -m maskflow.pipeline` to register one, or set MLFLOW_TRACKING_URI") from exc
+
+
+@cli("maskflow.serving.rest")
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
@@ -208,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_in_flight < 1 or args.workers < 1 or args.max_body_mib <= 0:
         parser.error("--workers and --max-in-flight must be at least 1, --max-body-mib above 0")
+    _free(args.host, args.port)
+    _resolves(args.model)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     os.environ[_ENV] = json.dumps({"model": args.model, "max_in_flight": args.max_in_flight,
                                    "max_body_mib": args.max_body_mib})
