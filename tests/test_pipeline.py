@@ -110,7 +110,7 @@ def test_full_pipeline_registers_and_promotes(tmp_path):
     run_pipeline(tmp_path, *common)
     warm = client.search_runs([run.info.experiment_id], order_by=["attributes.start_time DESC"])[0].data.metrics
     cost = ("tune_embed_compute_s", "tune_search_compute_s", "train_time_s")
-    assert [warm[k] for k in cost] == [metrics[k] for k in cost] and metrics["tune_search_compute_s"] > 1
+    assert [warm[k] for k in cost] == [metrics[k] for k in cost] and metrics["tune_search_compute_s"] > 0
     assert (warm["tune_cached"], warm["finetune_cached"], metrics["tune_cached"]) == (1.0, 1.0, 0.0)
     assert warm["tune_time_s"] < metrics["tune_time_s"]
 

@@ -106,6 +106,6 @@ def compute_seconds(entry: Path, seconds: float, computed: bool) -> float | None
     stored = read_json(ledger).get("seconds") if ledger.exists() else None
     if not computed:
         return stored
-    total = float(seconds) + float(stored or 0.0)
-    atomic_write_json(ledger, {"seconds": round(total, 3)})
+    total = round(float(seconds) + float(stored or 0.0), 3)
+    atomic_write_json(ledger, {"seconds": total})
     return total
