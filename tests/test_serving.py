@@ -142,7 +142,7 @@ def test_pipeline_tracking_calls_against_a_tracking_server(registered):
     assert client.get_model_version_by_alias("maskflow", "champion").version == v1
     assert client.get_model_version_by_alias("maskflow", "challenger").version == v2
     tags = client.get_model_version("maskflow", v1).tags
-    assert tags["model_sha256"] and tags["classifier_sha256"] and tags["pyfunc_api"] == "4"
+    assert tags["model_sha256"] and tags["classifier_sha256"] and tags["pyfunc_api"] == "5"
 
 
 @pytest.fixture(scope="module")
