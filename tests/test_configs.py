@@ -78,6 +78,7 @@ def test_the_run_time_stills_setting_does_not_move_the_training_crops(tmp_path):
     pinned = crop_spec([])
     assert pinned["name"] == "yunet" and pinned["settings"]["still_long_side"] == 1280
     assert crop_spec(["detect.finders.yunet.still_long_side=640"]) == pinned
+    assert crop_spec(["++detect.finders.yunet.upscale_if_face_under=64"]) == pinned
     assert crop_spec(["data.parts.scenes.finder_boxes_still_long_side=640"])["settings"]["still_long_side"] == 640
 
 

@@ -73,6 +73,11 @@ def test_stills_settings_come_from_the_model_and_the_command_line_overrides_them
     # A version registered before stills settings existed keeps its single pass.
     older = DetectorSettings.from_stored({"backend": "facedet"})
     assert (detector_settings(parser.parse_args([]), older).stills.zoom_side, older.stills.flip) == (None, False)
+    # The finders' stills pass: the stored setting, or the option (0: always upscale).
+    yunet = DetectorSettings.from_stored({"backend": "yunet", "finders": {"yunet": {"upscale_if_face_under": 32}}})
+    assert detector_settings(parser.parse_args([]), yunet).finders["yunet"]["upscale_if_face_under"] == 32
+    always = detector_settings(parser.parse_args(["--upscale-if-face-under", "0"]), yunet)
+    assert always.finders["yunet"]["upscale_if_face_under"] is None
 
 
 def test_classifier_through_tflite_gives_the_keras_probabilities_for_any_number_of_faces(tmp_path):

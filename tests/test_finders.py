@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 
@@ -78,9 +79,34 @@ def test_each_finder_finds_the_annotated_faces_of_a_real_scene(tmp_path, name):
 @needs_shared
 def test_stills_upscaling_finds_more_small_faces_than_one_pass(tmp_path):
     finders = _finders(tmp_path)
+    finders["yunet"]["upscale_if_face_under"] = None  # always upscale
     finder = build_finder("yunet", finders, [FACE_WEIGHTS])
     rgb = read_image(SCENES / "images" / "maksssksksss4.jpg").rgb  # a crowd of small faces
     assert len(finder.find(rgb, still=True)) > len(finder.find(rgb, still=False))
+
+
+@needs_shared
+def test_the_upscaled_pass_runs_only_where_the_first_finds_small_faces_or_none(tmp_path):
+    finders = _finders(tmp_path)
+    finders["yunet"]["upscale_if_face_under"] = 32
+    finder = build_finder("yunet", finders, [FACE_WEIGHTS])
+    passes = []
+    first_pass = finder._pass
+    finder._pass = lambda rgb: passes.append(rgb.shape) or first_pass(rgb)  # counts the real passes
+
+    crowd = read_image(SCENES / "images" / "maksssksksss240.jpg").rgb  # 61 faces under 18 px: upscaled as always
+    always = build_finder("yunet", {**finders, "yunet": {**finders["yunet"], "upscale_if_face_under": None}}, [FACE_WEIGHTS])
+    assert [f.box for f in finder.find(crowd, still=True)] == [f.box for f in always.find(crowd, still=True)]
+    assert len(passes) == 2
+    passes.clear()
+    close_up = np.zeros((480, 640, 3), np.uint8)  # one face that fills the frame: the first pass is enough
+    face = read_image(SCENES / "images" / "maksssksksss0.jpg").rgb
+    x, y, w, h = max(_truths("maksssksksss0"), key=lambda b: b[2] * b[3])
+    close_up[:] = cv2.resize(np.ascontiguousarray(face[y - h // 2 : y + h + h // 2, x - w // 2 : x + w + w // 2]), (640, 480))
+    found = finder.find(close_up, still=True)
+    assert found and len(passes) == 1
+    passes.clear()
+    assert finder.find(np.full((480, 640, 3), 128, np.uint8), still=True) == [] and len(passes) == 2  # none found
 
 
 @needs_shared

@@ -92,7 +92,9 @@ def test_full_pipeline_registers_and_promotes(tmp_path):
     data = copy_real_faces(tmp_path / "data", per_class=30)
     common = ("debug=tiny", "model=mobilenet_025", f"data.root={data}", "data.limit_per_class=null",
               "evaluate.extra=[]", "export.eval_limit=20")
-    run_pipeline(tmp_path, *common)
+    cold = run_pipeline(tmp_path, *common)
+    # stderr holds maskflow's own lines only: no third-party notes (TF, Keras, MLflow, sklearn).
+    assert [line for line in cold.stderr.splitlines() if line.strip()] == [], cold.stderr[-3000:]
     client = _client(tmp_path)
     champion = client.get_model_version_by_alias("maskflow", "champion")
     (run,) = client.search_runs([client.get_experiment_by_name("maskflow").experiment_id])

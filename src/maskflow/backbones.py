@@ -9,6 +9,8 @@ the file, the places searched and the two ways out.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 from dataclasses import dataclass
@@ -146,7 +148,16 @@ def feature_extractor(model_cfg: DictConfig, weights: ResolvedWeights, layer: st
 
 def to_tflite(model: keras.Model) -> bytes:
     """A Keras model compiled to TFLite, float32 (the same numbers within ~1e-5)."""
-    return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    # The converter saves the model to a temporary folder first and says so at length
+    # (its endpoints on stdout, "Assets written" in TF's log): nothing a user acts on.
+    tf_log = logging.getLogger("tensorflow")
+    level = tf_log.level
+    tf_log.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    finally:
+        tf_log.setLevel(level)
 
 
 class TFLitePredictor(LiteModel):

@@ -28,6 +28,12 @@ class DataError(UserError, ValueError):
 class ModelNotFound(UserError, LookupError):
     """A model URI that does not resolve."""
 
+    @classmethod
+    def at(cls, uri: str, store: str, cause: BaseException, fix: str) -> "ModelNotFound":
+        """The one wording: which URI, in which store, MLflow's reason, and ``fix``."""
+        return cls(f"model {uri} does not resolve in {store} ({one_line(cause)[:300]}): "
+                   f"run `python -m maskflow.pipeline` to register one, or {fix}")
+
 
 def full_error() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1"

@@ -75,7 +75,9 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, classes: Sequence[s
     p, r, f, _ = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     for i in present:
         out[f"precision_{classes[i]}"], out[f"recall_{classes[i]}"], out[f"f1_{classes[i]}"] = float(p[i]), float(r[i]), float(f[i])
-    out["loss"] = float(log_loss(y, np.clip(probs, 1e-7, 1.0), labels=labels))
+    # float32 softmax rows sum to 1 only within ~1e-7: renormalised in float64 for sklearn.
+    clipped = np.clip(np.asarray(probs, np.float64), 1e-7, 1.0)
+    out["loss"] = float(log_loss(y, clipped / clipped.sum(axis=1, keepdims=True), labels=labels))
     out["ece"] = expected_calibration_error(probs, y, bins)
     if len(present) == 2 and len(classes) == 2:
         out["roc_auc"] = float(roc_auc_score(y, probs[:, 1]))
@@ -123,19 +125,30 @@ def latency(model, size: int, runs: int) -> dict[str, float]:
 
 def flops(model, size: int) -> float | None:
     """Floating-point operations of one forward pass (TF profiler on the frozen graph)."""
+    from maskflow.detection.litert import native_stderr_muted
+
+    tf_log = logging.getLogger("tensorflow")
+    level = tf_log.level
     try:
         import tensorflow as tf
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+        # TF 1's profiler: its deprecation notes (TF's log) and grappler's session notes
+        # (C++ stderr) are nothing a user acts on.
+        tf_log.setLevel(logging.ERROR)
+
         concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(tf.TensorSpec((1, size, size, 3), tf.float32))
-        graph = convert_variables_to_constants_v2(concrete).graph
         builder = tf.compat.v1.profiler.ProfileOptionBuilder
         options = builder(builder.float_operation()).with_empty_output().build()
-        info = tf.compat.v1.profiler.profile(graph=graph, run_meta=tf.compat.v1.RunMetadata(), cmd="op", options=options)
+        with native_stderr_muted():
+            graph = convert_variables_to_constants_v2(concrete).graph
+            info = tf.compat.v1.profiler.profile(graph=graph, run_meta=tf.compat.v1.RunMetadata(), cmd="op", options=options)
         return float(info.total_float_ops) if info.total_float_ops else None
     except Exception as exc:  # noqa: BLE001 - FLOPs are optional, never a failure
         log.warning("FLOPs not computed: %s", exc)
         return None
+    finally:
+        tf_log.setLevel(level)
 
 
 # ------------------------------------------------------------------------------ plots

@@ -10,6 +10,8 @@ for the same trained model is reused, so re-running does not pile up versions.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import shutil
@@ -24,6 +26,7 @@ from maskflow.cache import digest, sha256_bytes, sha256_file, stage_cache
 from maskflow.contracts import Evaluation, Exported, PreparedData, StageContext, TrainedModel
 from maskflow.datasets import split_arrays
 from maskflow.detection.finders import file_sha256, finder_files
+from maskflow.detection.litert import LiteModel, native_stderr_muted
 from maskflow.detection.settings import DetectorSettings
 from maskflow.detection.weights import resolve
 from maskflow.evaluate import load_model
@@ -56,27 +59,19 @@ def to_tflite(saved_model: Path, mode: str, representative: Sequence[str], size:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     else:
         raise ValueError(mode)
-    return converter.convert()
+    with native_stderr_muted():  # the quantizer's C++ prints its settings ("fully_quantize: 0, ...")
+        return converter.convert()
 
 
 class TFLiteClassifier:
-    """A TFLite model behind ``predict(batch)`` (runs image by image, as on a device)."""
+    """A TFLite model behind ``predict(batch)``, through LiteRT as detection runs it (image
+    by image, as on a device)."""
 
     def __init__(self, model_path: Path, threads: int | None = None) -> None:
-        import tensorflow as tf
-
-        self.interpreter = tf.lite.Interpreter(model_path=str(model_path), num_threads=threads)
-        self.interpreter.allocate_tensors()
-        self.input = self.interpreter.get_input_details()[0]["index"]
-        self.output = self.interpreter.get_output_details()[0]["index"]
+        self.model = LiteModel(model_path, threads)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        out = []
-        for image in batch:
-            self.interpreter.set_tensor(self.input, image[None].astype(np.float32))
-            self.interpreter.invoke()
-            out.append(self.interpreter.get_tensor(self.output)[0].copy())
-        return np.array(out)
+        return np.array([self.model(image[None])[0][0] for image in batch])
 
 
 def _score(predict, paths: Sequence[str], y: np.ndarray, size: int, batch: int = 32) -> tuple[float, float]:
@@ -241,7 +236,8 @@ def register_pyfunc(name: str, keras_model: Path, meta: dict, meta_path: Path, e
         info = pyfunc.log_pyfunc(keras_model, meta, meta_path, examples, face_model, finder_files, tflite)
         # The identity tags go on with the registration itself, so a run killed right after
         # it leaves a version the next run finds (and finishes below) instead of a duplicate.
-        version = str(mlflow.register_model(info.model_uri, name, tags=identity).version)
+        with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints what the line below logs
+            version = str(mlflow.register_model(info.model_uri, name, tags=identity).version)
         log.info("export: registered %s version %s", name, version)
     for key, value in {**tags, **identity}.items():  # completes a version a killed run left without its tags
         if key not in present:

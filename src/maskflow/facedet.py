@@ -322,7 +322,7 @@ def _train(cfg, data_cfg, prepared, model_cfg, weights, classes, work, model_pat
     schedule = keras.optimizers.schedules.CosineDecay(lr * 0.1, epochs * steps, warmup_target=lr, warmup_steps=steps)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss_fn(n))
     started = time.perf_counter()
-    fitted = model.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=2,
+    fitted = model.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=2, shuffle=False,  # the generator draws samples at random
                        callbacks=[keras.callbacks.BackupAndRestore(str(work / "backup"), delete_checkpoint=True)])
     train_time = time.perf_counter() - started
     work.mkdir(parents=True, exist_ok=True)

@@ -241,7 +241,7 @@ def _fit_on_images(cfg, model, backbone, tuned: TunedHead, prepared: PreparedDat
     ds_va = image_dataset(paths_va, size, int(cfg.evaluate.batch_size), y_va, n_classes)
     fitted = model.fit(ds_tr, validation_data=ds_va, epochs=int(train.epochs), callbacks=callbacks,
                        steps_per_epoch=train.get("steps_per_epoch") or None,
-                       class_weight=_class_weights(hp, y_tr, n_classes), verbose=2)
+                       class_weight=_class_weights(hp, y_tr, n_classes), shuffle=False, verbose=2)  # the dataset shuffles itself
     ft_loss, ft_acc = _nll_accuracy(model.predict(image_dataset(paths_va, size, int(cfg.evaluate.batch_size)), verbose=0), y_va)
 
     def train_accuracy() -> float:
@@ -276,7 +276,7 @@ def _fit_on_features(cfg, model, backbone, tuned: TunedHead, prepared: PreparedD
     callbacks = _callbacks(train, work)
     fitted = top.fit(batches(f_tr, y_tr, shuffle=True), validation_data=batches(f_va, y_va), epochs=int(train.epochs),
                      callbacks=callbacks, steps_per_epoch=train.get("steps_per_epoch") or None,
-                     class_weight=_class_weights(hp, y_tr, n_classes), verbose=2)
+                     class_weight=_class_weights(hp, y_tr, n_classes), shuffle=False, verbose=2)  # the dataset shuffles itself
     ft_loss, ft_acc = _nll_accuracy(top.predict(batches(f_va), verbose=0), y_va)
 
     def train_accuracy() -> float:  # view 0 (the plain crops); a sample of them bounds the cost
@@ -293,10 +293,13 @@ def _rows(fitted) -> list[dict[str, float]]:
 def _log_model(model_path: Path, ctx: StageContext) -> None:
     """The trained Keras model as an MLflow model artifact (``finetune/model``)."""
     import mlflow
+    from mlflow.models import infer_signature
 
     model = keras.models.load_model(model_path, compile=False)
+    example = np.zeros((1, *model.input_shape[1:]), np.float32)  # RGB 0-255, the model preprocesses
     try:
-        mlflow.tensorflow.log_model(model, name="finetune_model", pip_requirements=pip_requirements())
+        mlflow.tensorflow.log_model(model, name="finetune_model", pip_requirements=pip_requirements(),
+                                    signature=infer_signature(example, np.asarray(model(example, training=False))))
     except Exception as exc:  # noqa: BLE001 - a flavour hiccup must not lose the run
         log.warning("mlflow.tensorflow.log_model failed (%s); logging the .keras file instead", exc)
         mlflow.log_artifact(str(model_path), "finetune")

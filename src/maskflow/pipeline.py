@@ -17,8 +17,19 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars on stderr for each model read back
 
-import hydra
+from maskflow.detection.litert import native_stderr_muted  # noqa: E402 - light (numpy only)
+
+# TensorFlow's C++ prints its oneDNN, CUDA-driver and CPU-feature notes before any log
+# setting applies, and on a machine without a GPU a failed cuInit when it first looks for
+# one: both done once here with stderr muted, so the stages' imports are silent.
+with native_stderr_muted():
+    import tensorflow  # noqa: E402
+
+    tensorflow.config.list_physical_devices("GPU")
+
+import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -64,6 +75,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     import mlflow
 
     stages = plan(list(cfg.stages))
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)  # TF's INFO ("Assets written to ..."): not for users
     if {"tune", "finetune"} & set(stages):
         # Fail fast, before any data work, when the backbone's weights cannot be had.
         resolve_weights(cfg.model, list(cfg.paths.weights_dirs))
@@ -139,6 +151,8 @@ def override_error(argv: list[str]) -> str | None:
     if any(a in ("-m", "--multirun") or a.startswith("-") for a in argv):
         return None  # a sweep, --cfg, --help, ...: Hydra's own handling
     overrides = [a for a in argv if "=" in a]
+    if not overrides:
+        return None  # the shipped defaults compose (tests/test_configs.py): no check to pay for
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             default = compose(config_name="config")

@@ -16,6 +16,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import warnings
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -192,11 +193,13 @@ def _finder_spec(cfg: DictConfig) -> dict[str, Any] | None:
         return None
     settings = OmegaConf.to_container(cfg.detect.finders[str(name)], resolve=True)
     # The data set pins the stills pass its crops are cut with, so detect's run-time speed
-    # setting does not move the training crops (and retrain the model).
+    # settings do not move the training crops (and retrain the model): the upscaled pass
+    # runs on every training scene.
     if cfg.data.get("finder_boxes_still_long_side", None) is not None:
         settings["still_long_side"] = int(cfg.data.finder_boxes_still_long_side)
     # Crops are cut around the finder's raw boxes: its calibration and licence note do not change them.
-    return {"name": str(name), "settings": {k: v for k, v in settings.items() if k not in ("box_calibration", "licence")}}
+    run_time_only = ("box_calibration", "licence", "upscale_if_face_under")
+    return {"name": str(name), "settings": {k: v for k, v in settings.items() if k not in run_time_only}}
 
 
 def run(cfg: DictConfig, ctx: StageContext, name: str = "prepare") -> PreparedData:
@@ -565,8 +568,13 @@ def _log_mlflow(cfg: DictConfig, out_dir: Path, manifest: Path, report: dict[str
     import pandas as pd
 
     frame = pd.read_csv(manifest, keep_default_na=False)
-    dataset = mlflow.data.from_pandas(frame, source=str(cfg.data.root), name=cfg.data.name, targets="label")
-    _log_input(dataset, context="training" if name == "prepare" else "evaluation")
+    with warnings.catch_warnings():
+        # Notes a user cannot act on: a local folder matches MLflow's two local-file source
+        # classes (it takes the first, as wanted), and the manifest's counts are integers.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted", category=UserWarning)
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
+        dataset = mlflow.data.from_pandas(frame, source=str(cfg.data.root), name=cfg.data.name, targets="label")
+        _log_input(dataset, context="training" if name == "prepare" else "evaluation")
     if name == "prepare":
         mlflow.log_params({"data_digest": report["digest"], "data_name": cfg.data.name, "data_classes": ",".join(report["classes"])})
     metrics = {

@@ -39,6 +39,9 @@ def use_store(uri: str, experiment: str, artifact_root: str | None = None, regis
     artifacts under ``artifact_root/<experiment>`` when new); its id."""
     import mlflow
 
+    # "Creating initial MLflow database tables" and its migrations, on a new store: MLflow's notes.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(uri)
     if registry_uri:
         mlflow.set_registry_uri(str(registry_uri))

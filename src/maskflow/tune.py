@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -199,6 +200,7 @@ class HeadHyperModel(kt.HyperModel):
         options = sorted({bool(v) for v in self.space.class_weighting})
         weighted = hp.Boolean("class_weighting") if len(options) > 1 else hp.Fixed("class_weighting", options[0])
         started = time.perf_counter()
+        kwargs.setdefault("shuffle", False)  # the tf.data input shuffles itself; Keras would ignore it, with a warning
         history = model.fit(*args, class_weight=self.class_weights if weighted else None, **kwargs)
         self.fit_seconds.append(time.perf_counter() - started)
         self.fitted.append(dict(hp.values))
@@ -318,7 +320,11 @@ def run(cfg: DictConfig, ctx: StageContext) -> TunedHead:
         log.warning("tune: %d of %d trials failed; the best of the %d that completed is used (errors in %s)",
                     len(failed), len(trials), len(done), out_dir / "trials.json")
     best_hp = tuner.get_best_hyperparameters(1)[0]
-    head = tuner.get_best_models(1)[0]
+    with warnings.catch_warnings():
+        # KerasTuner reloads the best trial's checkpoint into a freshly compiled model whose
+        # optimizer has no slots yet: Keras notes it skips them. Only the weights are wanted.
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer", category=UserWarning)
+        head = tuner.get_best_models(1)[0]
     head_path = tuner_dir / project / "best_head.keras"
     head.save(head_path)
     best_score = float(tuner.oracle.get_best_trials(1)[0].score)

@@ -22,7 +22,7 @@ from maskflow.config import PROJECT_ROOT
 from maskflow.detection.boxes import calibrate_box, iou
 from maskflow.detection.finders import FINDERS, build_finder, mtcnn_finder
 from maskflow.detection.settings import DetectorSettings
-from maskflow.errors import ModelNotFound, one_line
+from maskflow.errors import ModelNotFound
 from maskflow.faces import Face, crop_face, resize_square
 from maskflow.imageio import Frame
 
@@ -130,10 +130,9 @@ class MaskModel:
         try:
             loaded = mlflow.pyfunc.load_model(uri)
         except (MlflowException, OSError) as exc:
-            raise ModelNotFound(f"model {uri} does not resolve in {mlflow.get_tracking_uri()} "
-                                f"({one_line(exc)[:300]}): run `python -m maskflow.pipeline` to register one, or pass "
-                                f"--model with a models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ URI or a model folder, "
-                                f"and --tracking-uri for another store") from exc
+            raise ModelNotFound.at(uri, mlflow.get_tracking_uri(), exc,
+                                   "pass --model with a models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ URI or a "
+                                   "model folder, and --tracking-uri for another store") from exc
         model = loaded.unwrap_python_model().mask_model()
         # MLflow put the model's packaged code first on sys.path. This process already runs
         # maskflow, but processes it spawns later (prepare's workers, a batch's actors)

@@ -25,10 +25,10 @@ def interpreter_class():
 
 
 @contextmanager
-def _native_stderr_muted():
-    """LiteRT's C++ prints "INFO: Created TensorFlow Lite XNNPACK delegate" to the process's
-    stderr on every interpreter, whatever the log settings; only building one is muted
-    (failures still raise, with their message)."""
+def native_stderr_muted():
+    """The process's stderr (file descriptor 2) muted, for C++ notes printed whatever the
+    log settings: LiteRT's "Created TensorFlow Lite XNNPACK delegate" on every interpreter,
+    TensorFlow's oneDNN and CUDA notes on import. Failures still raise, with their message."""
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
@@ -49,7 +49,7 @@ class LiteModel:
         content = model if isinstance(model, bytes) else Path(model).read_bytes()
         # OMP_NUM_THREADS, where a scheduler (Ray's actors, a container) set it, else every core.
         threads = threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count()
-        with _native_stderr_muted():
+        with native_stderr_muted():
             self._interpreter = interpreter_class()(model_content=content, num_threads=threads)
             self._interpreter.allocate_tensors()
         self._lock = threading.Lock()

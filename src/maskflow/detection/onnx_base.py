@@ -57,7 +57,8 @@ class OnnxFinder:
     # long_side, still_long_side, min_score and nms_iou have no default here: the finder's
     # block in conf/detect (finders.<name>, stored with the model) is the one place they live.
     def __init__(self, model_path: Path, *, long_side: int | None, still_long_side: int | None, min_score: float,
-                 nms_iou: float, tile_overlap: float = 0.2, landmark_bounds: Mapping[str, Sequence[float]] | None = None) -> None:
+                 nms_iou: float, tile_overlap: float = 0.2, landmark_bounds: Mapping[str, Sequence[float]] | None = None,
+                 upscale_if_face_under: float | None = None) -> None:
         self.model_path = Path(model_path)
         # Where a face's landmarks may lie, as shares of its box height (eyes_y, nose_y,
         # mouth_y: [low, high]); a box whose landmarks fall outside is marked implausible
@@ -68,6 +69,9 @@ class OnnxFinder:
         self.min_score = float(min_score)
         self.nms_iou = float(nms_iou)
         self.tile_overlap = float(tile_overlap)
+        # Stills: the upscaled pass runs only where the first pass finds no face, or one
+        # under this many pixels tall (in its own pixels): where small faces may be. None: always.
+        self.upscale_if_face_under = None if upscale_if_face_under is None else float(upscale_if_face_under)
 
     def _pass(self, rgb: np.ndarray) -> PassResult:  # pragma: no cover - each finder's own
         raise NotImplementedError
@@ -77,31 +81,41 @@ class OnnxFinder:
         if min(h, w) < 2:
             return []
         base_scale = fit_scale(h, w, self.long_side)
-        passes = [(resize_to_scale(rgb, base_scale), base_scale, 0, 0)]
-        if still and self.still_long_side and self.still_long_side > max(h, w) * base_scale:
+        first = self._pass(resize_to_scale(rgb, base_scale))
+        found = [_to_original(first, base_scale, 0, 0)]
+        if still and self.still_long_side and self.still_long_side > max(h, w) * base_scale and self._small_faces_may_be(first):
             big_scale = fit_scale(h, w, self.still_long_side)
             big = resize_to_scale(rgb, big_scale)
             if self.tiles:
-                passes += [(tile, big_scale, x, y) for tile, x, y in _tiles(big, self.long_side or 640, self.tile_overlap)]
+                found += [_to_original(self._pass(tile), big_scale, x, y)
+                          for tile, x, y in _tiles(big, self.long_side or 640, self.tile_overlap)]
             else:  # the base pass stays: faces that fill the frame are found at the base scale
-                passes.append((big, big_scale, 0, 0))
-        found = []
-        for image, scale, x, y in passes:
-            result = self._pass(image)
-            # Back to the original image's pixels: undo the tile offset, then the scale.
-            shifted = result.corners + np.array([x, y, x, y], np.float64)
-            marks = None if result.landmarks is None else result.landmarks + np.tile([x, y], 5)
-            found.append(PassResult(shifted / scale, result.scores, None if marks is None else marks / scale, result.probs))
+                found.append(_to_original(self._pass(big), big_scale, 0, 0))
         merged = _concat(found)
         merged = _take(merged, merged.scores >= self.min_score)
-        if len(passes) > 1 or not self.own_nms:
+        if len(found) > 1 or not self.own_nms:
             merged = _take(merged, nms(merged.corners, merged.scores, self.nms_iou))
         plausible = None
         if self.landmark_bounds and merged.landmarks is not None:  # kept in the ranked list, never reported
             plausible = plausible_landmarks(merged.corners, merged.landmarks, self.landmark_bounds)
         return to_faces(merged.corners, merged.scores, 1.0, w, h, merged.landmarks, merged.probs, plausible)
 
+    def _small_faces_may_be(self, first: PassResult) -> bool:
+        """Whether the first pass leaves room for faces too small for it: it found none,
+        or one under ``upscale_if_face_under`` px tall (faces come in crowds)."""
+        if self.upscale_if_face_under is None:
+            return True
+        heights = (first.corners[:, 3] - first.corners[:, 1])[first.scores >= self.min_score]
+        return not len(heights) or float(heights.min()) < self.upscale_if_face_under
+
     own_nms = False  # True where the model (or OpenCV) already suppresses overlaps
+
+
+def _to_original(result: PassResult, scale: float, x: int, y: int) -> PassResult:
+    """A pass's boxes and landmarks in the original image's pixels: undo the tile offset, then the scale."""
+    corners = (result.corners + np.array([x, y, x, y], np.float64)) / scale
+    marks = None if result.landmarks is None else (result.landmarks + np.tile([x, y], 5)) / scale
+    return PassResult(corners, result.scores, marks, result.probs)
 
 
 def plausible_landmarks(corners: np.ndarray, landmarks: np.ndarray, bounds: Mapping[str, tuple[float, float]]) -> np.ndarray:

@@ -19,6 +19,9 @@ def add_detector_args(parser: argparse.ArgumentParser) -> None:
                         help="a folder with the finders' model files, searched before the model's own copies")
     parser.add_argument("--still-long-side", type=int, default=None,
                         help="yunet/ultraface/scrfd, still images: upscale to this long side for small faces (0: off)")
+    parser.add_argument("--upscale-if-face-under", type=float, default=None, metavar="PX",
+                        help="yunet/ultraface/scrfd, still images: the upscaled pass only where the first finds no face "
+                             "or one under PX tall (0: always upscale)")
     parser.add_argument("--labels", choices=("detector", "classifier", "fuse"), default=None,
                         help="facedet: label faces by the detector's class maps, the crop classifier, or the mean of both")
     parser.add_argument("--long-side", type=int, default=None,
@@ -54,6 +57,9 @@ def detector_settings(args: argparse.Namespace, stored: DetectorSettings) -> Det
     if args.still_long_side is not None:
         for name in ONNX_FINDERS:
             finders.setdefault(name, {})["still_long_side"] = args.still_long_side or None
+    if args.upscale_if_face_under is not None:
+        for name in ONNX_FINDERS:
+            finders.setdefault(name, {})["upscale_if_face_under"] = args.upscale_if_face_under or None
     stills = stored.stills
     if args.zoom_side is not None:
         stills = dataclasses.replace(stills, zoom_side=args.zoom_side or None)  # 0: off

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from maskflow.detection.onnx_base import OnnxFinder, PassResult
+
+# OpenCV's log level is process-wide: finders built on several threads at once take turns,
+# so no build restores the level while another still needs it quiet.
+_QUIET_BUILD = threading.Lock()
 
 
 class YuNetFinder(OnnxFinder):
@@ -22,13 +27,14 @@ class YuNetFinder(OnnxFinder):
         # OpenCV keeps boxes from this score on; min_score filters after merging.
         # OpenCV 5 warns here that its new graph engine ignores the target it sets itself:
         # nothing a user can act on, so its log is kept to errors while the net is built.
-        level = cv2.utils.logging.getLogLevel()
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-        try:
-            self._net = cv2.FaceDetectorYN.create(str(self.model_path), "", (320, 320), min(self.min_score, 0.9),
-                                                  self.nms_iou, int(top_k))
-        finally:
-            cv2.utils.logging.setLogLevel(level)
+        with _QUIET_BUILD:
+            level = cv2.utils.logging.getLogLevel()
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+            try:
+                self._net = cv2.FaceDetectorYN.create(str(self.model_path), "", (320, 320), min(self.min_score, 0.9),
+                                                      self.nms_iou, int(top_k))
+            finally:
+                cv2.utils.logging.setLogLevel(level)
         self._size: tuple[int, int] | None = None
 
     def _pass(self, rgb: np.ndarray) -> PassResult:

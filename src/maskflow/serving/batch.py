@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from maskflow.cache import digest
-from maskflow.errors import ModelNotFound, cli, one_line
+from maskflow.errors import ModelNotFound, cli
 from maskflow.imageio import MIN_IMAGE_SIDE, DecodeError, Frame, decode_image
 from maskflow.sources import IMAGE_EXTS, VIDEO_EXTS
 
@@ -198,9 +198,9 @@ class Scorer:
         rows = [_row(frame.source, frame.index, faces) for frame, faces in pipelined(self.detector, frames())]
         rows += failed
         write_part(self.out, rows)
-        faces = Counter(f["label"] for r in rows for f in r["faces"])
         return {"source": [r["source"] for r in rows], "error": [r["error"] for r in rows],
-                "faces": [len(r["faces"]) for r in rows], "counts": [json.dumps(faces)] + [""] * (len(rows) - 1)}
+                # Each row's face labels, one per line (a class name may hold a space, never a newline).
+                "labels": ["\n".join(f["label"] for f in r["faces"]) for r in rows]}
 
     def read(self, source: str) -> Iterator[Frame | dict]:
         """The frames of ``source``, or the row that says why it has none."""
@@ -284,9 +284,9 @@ def run(sources: Sequence[str], out: str, packed: bytes, actors: int = 1, every:
         for row in scored.iter_rows():
             rows += 1
             errors += row["error"] is not None
-            faces += int(row["faces"])
-            if row["counts"]:
-                totals.update(json.loads(str(row["counts"])))
+            labels = [label for label in str(row["labels"]).split("\n") if label]
+            faces += len(labels)
+            totals.update(labels)
     wall = time.perf_counter() - started
     return {"inputs": len(inputs) + len(missing), "skipped_done": len(inputs) + len(missing) - len(todo) - len(misses),
             "scored": len(todo), "rows": rows + len(misses), "errors": errors + len(misses), "faces": faces,
@@ -322,8 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         packed = pack_model(args.model)
         version = registered_version(mlflow.MlflowClient(), args.model)[1]
     except Exception as exc:  # noqa: BLE001 - an unknown name, alias, run or folder: MLflow's message says which
-        raise ModelNotFound(f"model {args.model} does not resolve in {mlflow.get_tracking_uri()} ({one_line(exc)[:300]}): "
-                            "run `python -m maskflow.pipeline` to register one, or pass --model URI") from exc
+        raise ModelNotFound.at(args.model, mlflow.get_tracking_uri(), exc, "pass --model URI") from exc
     # Actors' own output stays in Ray's logs (/tmp/ray/session_latest/logs): every failed
     # input is a row with its reason, and an actor's crash reaches the driver as an error.
     ray.init(address=args.address, include_dashboard=False, logging_level="WARNING", log_to_driver=False,

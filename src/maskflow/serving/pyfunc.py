@@ -27,6 +27,7 @@ import base64
 import binascii
 import dataclasses
 import json
+import logging
 import threading
 from pathlib import Path
 from typing import Any, Sequence
@@ -233,12 +234,20 @@ def log_pyfunc(keras_model: Path, meta: dict, meta_path: Path, example_images: S
         artifacts["tflite_model"] = str(tflite)
     for i, path in enumerate(finder_files):
         artifacts[f"finder_{i}"] = str(path)
-    return mlflow.pyfunc.log_model(
-        name="pyfunc",
-        python_model=MaskDetectionModel(),
-        artifacts=artifacts,
-        code_paths=[str(package_dir)],
-        signature=signature(),
-        input_example=encode_images(example_images[:2]),
-        pip_requirements=pip_requirements(),
-    )
+    # MLflow's notes while logging: that a python_model is pickled (this class, by design:
+    # its state is the artifacts) and that it checks the input example. Errors still show.
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_log.level
+    pyfunc_log.setLevel(logging.ERROR)
+    try:
+        return mlflow.pyfunc.log_model(
+            name="pyfunc",
+            python_model=MaskDetectionModel(),
+            artifacts=artifacts,
+            code_paths=[str(package_dir)],
+            signature=signature(),
+            input_example=encode_images(example_images[:2]),
+            pip_requirements=pip_requirements(),
+        )
+    finally:
+        pyfunc_log.setLevel(level)

@@ -40,7 +40,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import scoring_server
 from starlette.requests import ClientDisconnect
 
-from maskflow.errors import ModelNotFound, UserError, cli, one_line
+from maskflow.errors import ModelNotFound, UserError, cli
 
 # uvicorn is imported inside the functions that use it: importing this
 # module (a CLI's --help, a spawned worker, another stage) stays fast without it.
@@ -216,8 +216,7 @@ def _resolves(uri: str) -> None:
         try:
             registered_version(mlflow.MlflowClient(), uri)
         except Exception as exc:  # noqa: BLE001 - MLflow's message names what is missing
-            raise ModelNotFound(f"model {uri} does not resolve in {mlflow.get_tracking_uri()} ({one_line(exc)[:200]}): "
-                                "run `python -m maskflow.pipeline` to register one, or set MLFLOW_TRACKING_URI") from exc
+            raise ModelNotFound.at(uri, mlflow.get_tracking_uri(), exc, "set MLFLOW_TRACKING_URI") from exc
 
 
 @cli("maskflow.serving.rest")
