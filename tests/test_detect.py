@@ -180,3 +180,22 @@ def test_counts_name_every_class_per_image_and_say_a_video_is_counted_per_frame(
                         "with_mask mean 2.00 max 3, without_mask mean 0.50 max 1")
     assert lines[1] == "b.jpg: 0 faces: with_mask 0, without_mask 0"
     assert tally.close() == []
+
+
+def test_classify_flip_averages_each_crop_with_its_mirror_image(tmp_path):
+    import keras
+
+    from maskflow.detection.detector import Detector
+    from maskflow.faces import Face, crop_face
+
+    model = keras.models.load_model(tiny_keras_model(tmp_path / "m.keras"))
+    classifier = Classifier(model, ["with_mask", "without_mask"], 32)
+    rgb = np.random.default_rng(1).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    faces = [Face((10, 10, 40, 50), 0.9), Face((60, 20, 30, 40), 0.8)]
+    settings = DetectorSettings(min_confidence=0.0, classify_flip=True)
+    flipped = Detector(classifier, None, settings).label(Frame("a", 0, rgb, False), faces)
+    crops = [crop_face(rgb, f.box, settings.margin, 32) for f in faces]
+    expected = (classifier(crops) + classifier([c[:, ::-1] for c in crops])) / 2
+    assert np.allclose([[r["probs"][c] for c in classifier.classes] for r in flipped], expected, atol=1e-5)
+    plain = Detector(classifier, None, DetectorSettings(min_confidence=0.0)).label(Frame("a", 0, rgb, False), faces)
+    assert [r["probs"] for r in plain] != [r["probs"] for r in flipped]  # the mirror changes the numbers

@@ -251,7 +251,11 @@ class Detector:
                 crops = [resize_square(frame.rgb, size)]
             else:
                 crops = [crop_face(frame.rgb, f.box, self.margin, size) for f in faces]
-            probs = self.classifier(crops)  # every face of the frame in one batch
+            if self.settings.classify_flip and crops:  # the mirrored crops in the same batch, averaged in
+                both = self.classifier(crops + [np.ascontiguousarray(c[:, ::-1]) for c in crops])
+                probs = (both[: len(crops)] + both[len(crops):]) / 2
+            else:
+                probs = self.classifier(crops)  # every face of the frame in one batch
         if self.labels == "fuse":
             probs = np.array([_fuse(f.probs, self.face_classes, p, self.classifier.classes, classes)
                               for f, p in zip(faces, probs)]).reshape(len(faces), len(classes))

@@ -47,6 +47,8 @@ class DetectorSettings:
     # Finder boxes -> the annotations' box convention (centre shift, scale); None: raw boxes.
     # Crops for the classifier always use the raw box.
     box_calibration: Optional[dict[str, float]] = None
+    # Each crop is also classified mirrored and the two averaged (2x the classifier's cost).
+    classify_flip: bool = False
     # MTCNN
     max_side: int = 640  # frames are downscaled to this long side; boxes mapped back
     min_face: float = 9.0  # smallest face looked for, px after downscaling (<12 upsamples)
