@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import keras
 import keras_tuner as kt
 import numpy as np
+import pytest
 from omegaconf import OmegaConf
 
 from maskflow.config import CONF_DIR
@@ -82,3 +84,23 @@ def test_failing_trials_fail_the_search_only_when_none_completes(tmp_path, caplo
     assert "COMPLETED" in statuses and {"FAILED", "INVALID"} & set(statuses), statuses
     assert result.best_hyperparameters["units"] == 16 and np.isfinite(result.best_score)
     assert any("trials failed" in r.getMessage() for r in caplog.records)
+
+
+def test_balanced_nll_weighs_every_class_the_same_however_rare():
+    from maskflow.tune import BalancedNLL
+
+    y = np.eye(3, dtype="float32")[[0] * 98 + [1, 2]]
+    good = np.where(y == 1, 0.9, 0.05).astype("float32")
+    rare_wrong = good.copy()
+    rare_wrong[-1] = [0.9, 0.05, 0.05]  # the one face of class 2 called class 0
+    plain, balanced = keras.metrics.CategoricalCrossentropy(), BalancedNLL(3)
+    plain.update_state(y, rare_wrong)
+    balanced.update_state(y[:50], rare_wrong[:50])  # accumulated over batches
+    balanced.update_state(y[50:], rare_wrong[50:])
+    per_sample = -np.log(rare_wrong[np.arange(100), y.argmax(1)])
+    expected = np.mean([per_sample[:98].mean(), per_sample[98], per_sample[99]])
+    assert float(balanced.result()) == pytest.approx(expected, rel=1e-5)
+    assert float(balanced.result()) > 5 * float(plain.result())  # one rare mistake weighs a third, not a hundredth
+    balanced.reset_state()
+    balanced.update_state(y[:98], good[:98])  # a batch without the rare classes: the mean is over the classes present
+    assert float(balanced.result()) == pytest.approx(-np.log(0.9), rel=1e-5)

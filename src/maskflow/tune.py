@@ -156,6 +156,39 @@ def load_features(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------ the search space
 
 
+@keras.saving.register_keras_serializable(package="maskflow")
+class BalancedNLL(keras.metrics.Metric):
+    """Cross-entropy averaged within each class, then over the classes present: every
+    class weighs the same however rare (``tune.objective=val_balanced_nll`` picks the head
+    on it; the plain ``nll`` is nearly blind to 45 rare crops among 1,795)."""
+
+    def __init__(self, n_classes: int, name: str = "balanced_nll", **kwargs) -> None:
+        super().__init__(name=name, **kwargs)
+        self.n_classes = int(n_classes)
+        self.sums = self.add_variable(shape=(self.n_classes,), initializer="zeros", name="sums")
+        self.counts = self.add_variable(shape=(self.n_classes,), initializer="zeros", name="counts")
+
+    def update_state(self, y_true, y_pred, sample_weight=None) -> None:
+        ops = keras.ops
+        y_true = ops.cast(y_true, "float32")
+        nll = -ops.sum(y_true * ops.log(ops.clip(ops.cast(y_pred, "float32"), 1e-7, 1.0)), axis=-1)
+        self.sums.assign_add(ops.sum(y_true * nll[:, None], axis=0))
+        self.counts.assign_add(ops.sum(y_true, axis=0))
+
+    def result(self):
+        ops = keras.ops
+        present = ops.cast(self.counts > 0, "float32")
+        per_class = self.sums / ops.maximum(self.counts, 1.0)
+        return ops.sum(per_class * present) / ops.maximum(ops.sum(present), 1.0)
+
+    def reset_state(self) -> None:
+        self.sums.assign(keras.ops.zeros((self.n_classes,)))
+        self.counts.assign(keras.ops.zeros((self.n_classes,)))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "n_classes": self.n_classes}
+
+
 class HeadHyperModel(kt.HyperModel):
     """Dense head on a pooled embedding: layers, units, dropout, L2, label smoothing,
     class weighting and learning rate are searched (ranges from ``tune.space``)."""
@@ -193,7 +226,7 @@ class HeadHyperModel(kt.HyperModel):
             optimizer=keras.optimizers.Adam(hp.Float("learning_rate", float(s.learning_rate[0]), float(s.learning_rate[1]), sampling="log")),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=smoothing),
             # Unsmoothed cross-entropy: comparable across label-smoothing choices.
-            metrics=["accuracy", keras.metrics.CategoricalCrossentropy(name="nll")],
+            metrics=["accuracy", keras.metrics.CategoricalCrossentropy(name="nll"), BalancedNLL(self.n_classes)],
         )
 
     def fit(self, hp: kt.HyperParameters, model: keras.Model, *args, **kwargs):
