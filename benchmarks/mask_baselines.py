@@ -31,10 +31,12 @@ from maskflow.scoring import score_scenes, split_names
 CLASSES = ["with_mask", "without_mask"]
 
 
-def ultraface_mask_labels(finder, calibration, rgb) -> list[dict]:
+def ultraface_mask_labels(finder, calibration, rgb, still: bool = True) -> list[dict]:
+    """UltraFace masked's own labels: each box once per class, scored by that class's
+    probability (``still``: with the finder's stills pass; False: its authors' one pass)."""
     h, w = rgb.shape[:2]
     out = []
-    for face in finder.find(rgb, still=True):
+    for face in finder.find(rgb, still=still):
         box = list(calibrated(face, calibration, w, h).box)
         p_face, p_masked = face.probs
         out += [{"box": box, "label": "with_mask", "score": float(p_masked), "detector_score": face.score},

@@ -31,13 +31,13 @@ from pathlib import Path
 
 import yaml
 from hydra import compose, initialize_config_dir
+from mask_baselines import ultraface_mask_labels  # benchmarks/, this script's folder
 from omegaconf import OmegaConf
 
 from maskflow.annotations import read_scenes
 from maskflow.config import CONF_DIR, register_configs
 from maskflow.contracts import StageContext
 from maskflow.data import read_manifest
-from maskflow.detection.boxes import calibrated
 from maskflow.detection.detector import MaskModel, build_detector, pipelined
 from maskflow.detection.finders import build_finder
 from maskflow.imageio import DecodeError, Frame, read_image
@@ -46,18 +46,6 @@ from maskflow.scoring import paired_bootstrap, scene_metrics, split_names
 from maskflow.sources import iter_sources
 
 TWO = ["with_mask", "without_mask"]
-
-
-def ultraface_labels(finder, calibration, rgb) -> list[dict]:
-    """UltraFace masked's own labels: each box once per class, scored by that class's probability."""
-    h, w = rgb.shape[:2]
-    out = []
-    for face in finder.find(rgb, still=False):
-        box = list(calibrated(face, calibration, w, h).box)
-        p_face, p_masked = face.probs
-        out += [{"box": box, "label": "with_mask", "score": float(p_masked), "detector_score": face.score},
-                {"box": box, "label": "without_mask", "score": float(p_face), "detector_score": face.score}]
-    return out
 
 
 def cpu_flags() -> str:
@@ -107,7 +95,7 @@ def main() -> None:
             errors: list[str] = []
             done = sum(1 for _ in pipelined(detectors[name], iter_sources(paths, errors)))
         else:
-            done = sum(1 for path in paths if ultraface_labels(ultraface, ultraface_calibration, read_image(path).rgb) is not None)
+            done = sum(1 for path in paths if ultraface_mask_labels(ultraface, ultraface_calibration, read_image(path).rgb, still=False) is not None)
         speed[name] = round(done / (time.perf_counter() - started), 2)
 
     rows = {name: {"contender": name, "images_per_s": speed[name],
@@ -120,7 +108,7 @@ def main() -> None:
                 if name in detectors:  # mAP ranks every candidate (the full list)
                     preds = detectors[name].ranked(Frame(str(path), 0, rgb, False))
                 else:
-                    preds = ultraface_labels(ultraface, ultraface_calibration, rgb)
+                    preds = ultraface_mask_labels(ultraface, ultraface_calibration, rgb, still=False)
                 results[name].append((preds, truths))
         base = f"maskflow stored ({stored.backend})"
         for name in contenders:
