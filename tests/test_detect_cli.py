@@ -199,6 +199,62 @@ def test_loading_a_model_leaves_no_packaged_code_on_the_path_for_spawned_process
     assert sys.path == before  # the model's code/ folder is not left in front of the project's maskflow
 
 
+@needs_shared
+def test_a_resolved_model_uri_starts_without_mlflow_until_the_store_is_written(tmp_path):
+    """Start-up: a models:/ URI resolved once is read from its folder without importing
+    MLflow, the same model as MLflow loads; moving the alias (a write to the store) makes
+    the next start resolve it again, and a model folder never needs MLflow."""
+    import keras
+    import mlflow
+    from omegaconf import OmegaConf
+
+    from maskflow import serving
+    from maskflow.backbones import to_tflite
+    from maskflow.export import _finder_files, register_pyfunc
+
+    cfg = compose(tmp_path, ["detect=yunet"])
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    keras_path = tiny_keras_model(tmp_path / "m.keras")
+    tflite = tmp_path / "m.tflite"
+    tflite.write_bytes(to_tflite(keras.models.load_model(keras_path)))
+    mlflow.set_tracking_uri(store)
+    mlflow.set_experiment("t")
+    try:
+        for point in (0.25, 0.75):  # two versions told apart by their stored operating point
+            detector = {**OmegaConf.to_container(cfg.detect, resolve=True), "operating_point": point}
+            with mlflow.start_run():
+                register_pyfunc("m", keras_path, serving.meta_for(["with_mask", "without_mask"], 32, "tiny", detector),
+                                tmp_path / f"meta{point}.json", [SCENES / "images" / "maksssksksss0.jpg"], {},
+                                finder_files=_finder_files(cfg), tflite=tflite)
+        client = mlflow.MlflowClient()
+        client.set_registered_model_alias("m", "champion", "1")
+        folder = mlflow.artifacts.download_artifacts("models:/m/2", dst_path=str(tmp_path / "copy"))
+    finally:
+        mlflow.set_tracking_uri(None)
+
+    def start(uri: str) -> tuple[float, bool, str]:
+        code = ("import sys; from maskflow.detection.detector import MaskModel; m = MaskModel.from_uri(sys.argv[1], sys.argv[2]); "
+                "print(m.settings.operating_point, 'mlflow' in sys.modules, m.classifier.runtime, m.classifier.classes, "
+                "[p.rsplit('/', 1)[-1] for p in m.finder_dirs], sep='|')")
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        proc = subprocess.run([sys.executable, "-c", code, uri, store], capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        point, imported, *rest = proc.stdout.strip().splitlines()[-1].split("|")
+        return float(point), imported == "True", "|".join(rest)
+
+    first, again = start("models:/m@champion"), start("models:/m@champion")
+    assert first[:2] == (0.25, True) and again[:2] == (0.25, False)  # resolved once through MLflow, then read
+    assert first[2] == again[2] and again[2].startswith("tflite|['with_mask', 'without_mask']|")  # the same model
+    mlflow.set_tracking_uri(store)
+    try:
+        mlflow.MlflowClient().set_registered_model_alias("m", "champion", "2")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert start("models:/m@champion")[:2] == (0.75, True)  # the alias moved: resolved again, never stale
+    assert start("models:/m@champion")[:2] == (0.75, False)
+    assert start(folder)[:2] == (0.75, False)
+
+
 @pytest.mark.slow
 @needs_shared
 def test_mlflow_models_serve_answers_20_concurrent_requests_as_it_answers_them_one_by_one(yunet_model, tmp_path):

@@ -118,17 +118,41 @@ class MaskModel:
     finder_dirs: list[str] = field(default_factory=list)
 
     @classmethod
+    def from_artifacts(cls, artifacts: Mapping[str, str], keras_model: Any = None) -> "MaskModel":
+        """From a registered model's artifact files (``MaskDetectionModel``'s): the classifier
+        runs ``tflite_model`` through LiteRT where there is one, else ``keras_model``."""
+        import json
+
+        meta = json.loads(Path(artifacts["meta"]).read_text())
+        # Missing keys (older versions) take DetectorSettings' defaults.
+        return cls(Classifier(keras_model, meta["classes"], int(meta["input_size"]), artifacts.get("tflite_model")),
+                   DetectorSettings.from_stored(meta.get("detector")), None, list(meta.get("face_classes") or []),
+                   # The pretrained finders' model files travel as artifacts: no ../shared at run time.
+                   sorted({str(Path(p).parent) for k, p in artifacts.items() if k.startswith("finder_")}))
+
+    @classmethod
     def from_uri(cls, uri: str, tracking_uri: str | None = None) -> "MaskModel":
-        """From an MLflow model URI (``models:/maskflow@champion``) or local model folder."""
+        """From an MLflow model URI (``models:/maskflow@champion``) or local model folder.
+        A LiteRT model folder, or a ``models:/`` URI resolved before in an unchanged sqlite
+        store, is read without MLflow (:mod:`maskflow.detection.model_files`)."""
+        from maskflow.detection import model_files
+
+        store = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT}/mlflow.db"
+        folder = Path(uri) if "://" not in uri and ":/" not in uri else model_files.remembered(uri, store)
+        artifacts = model_files.artifact_files(folder) if folder is not None else None
+        if artifacts is not None:
+            return cls.from_artifacts(artifacts)
+
         import mlflow
 
-        if tracking_uri or not os.environ.get("MLFLOW_TRACKING_URI"):
-            mlflow.set_tracking_uri(tracking_uri or f"sqlite:///{PROJECT_ROOT}/mlflow.db")
+        mlflow.set_tracking_uri(store)
         from mlflow.exceptions import MlflowException
 
         path = list(sys.path)
         try:
-            loaded = mlflow.pyfunc.load_model(uri)
+            # suppress_warnings: no check of the model's pip requirements against this
+            # environment, 0.3 s a start (`mlflow models serve` still checks them).
+            loaded = mlflow.pyfunc.load_model(uri, suppress_warnings=True)
         except (MlflowException, OSError) as exc:
             raise ModelNotFound.at(uri, mlflow.get_tracking_uri(), exc,
                                    "pass --model with a models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ URI or a "
@@ -138,6 +162,7 @@ class MaskModel:
         # maskflow, but processes it spawns later (prepare's workers, a batch's actors)
         # would import that older copy instead: take it off again.
         sys.path[:] = path
+        model_files.remember(uri, store)
         return model
 
 

@@ -35,7 +35,6 @@ from typing import Any, Sequence
 import mlflow.pyfunc
 import pandas as pd
 
-from maskflow.detection.detector import Classifier
 from maskflow.imageio import MIN_IMAGE_SIDE, DecodeError, Frame, decode_image
 from maskflow.tracking import pip_requirements
 
@@ -97,8 +96,7 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         meta = json.loads(Path(context.artifacts["meta"]).read_text())
-        self.classes: list[str] = list(meta["classes"])
-        self.input_size: int = int(meta["input_size"])
+        self.artifacts: dict[str, str] = dict(context.artifacts)
         # Missing keys (older versions) take DetectorSettings' defaults.
         self.detector_settings: dict[str, Any] = dict(meta.get("detector") or {})
         self.max_pixels: int = int(meta.get("max_pixels", MAX_PIXELS))
@@ -106,13 +104,9 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
         # The classifier compiled to TFLite, as evaluated, runs through LiteRT: no TensorFlow
         # at inference. Keras loads only for versions registered before it, and for the
         # trained face detector (detect.backend=facedet).
-        self.tflite_path: str | None = context.artifacts.get("tflite_model")
-        self.model = None if self.tflite_path else _load_keras(context.artifacts["keras_model"])
-        face_path = context.artifacts.get("face_detector")
+        self.model = None if "tflite_model" in self.artifacts else _load_keras(self.artifacts["keras_model"])
+        face_path = self.artifacts.get("face_detector")
         self.face_model = _load_keras(face_path, detector=True) if face_path else None
-        self.face_classes: list[str] = list(meta.get("face_classes") or [])
-        # The pretrained finders' model files travel as artifacts: no ../shared at run time.
-        self.finder_dirs = sorted({str(Path(p).parent) for k, p in context.artifacts.items() if k.startswith("finder_")})
         self._detectors: dict[bool, Any] = {}
         # One prediction at a time per loaded model: the finder (OpenCV's per-call input
         # size) and the TFLite interpreter keep state between calls, and servers such as
@@ -123,13 +117,8 @@ class MaskDetectionModel(mlflow.pyfunc.PythonModel):
     def mask_model(self):
         """The classifier, its detector settings and the detectors' files (:class:`maskflow.detection.detector.MaskModel`)."""
         from maskflow.detection.detector import MaskModel
-        from maskflow.detection.settings import DetectorSettings
 
-        # Versions pickled before an attribute existed load without it: getattr gives its default.
-        return MaskModel(Classifier(self.model, self.classes, self.input_size, getattr(self, "tflite_path", None)),
-                         DetectorSettings.from_stored(getattr(self, "detector_settings", None)),
-                         getattr(self, "face_model", None), list(getattr(self, "face_classes", ())),
-                         list(getattr(self, "finder_dirs", ())))
+        return dataclasses.replace(MaskModel.from_artifacts(self.artifacts, self.model), face_model=self.face_model)
 
     def detector(self, faces_only: bool = False):
         """The detect-then-classify loop of ``maskflow.detect``, built once per mode; it
