@@ -34,7 +34,7 @@ from maskflow.contracts import PreparedData, StageContext, TrainedModel, TunedHe
 from maskflow.datasets import balanced_class_weights, image_dataset, split_arrays
 from maskflow.distribute import strategy_for
 from maskflow.tracking import pip_requirements
-from maskflow.tune import feature_layer, load_embeddings, load_features
+from maskflow.tune import feature_layer, load_embeddings, load_features, plain_rows
 
 # MLflow is imported inside the functions that use it: importing this
 # module (a CLI's --help, a spawned worker, another stage) stays fast without it.
@@ -92,11 +92,14 @@ def cache_key(cfg: DictConfig, prepared: PreparedData, tuned: TunedHead, weights
     architecture and weights: not by its path (which lies inside the cache, so a moved or
     copied cache would miss), nor by its file's bytes (tune saves the best head again on
     every run, and a .keras file records when it was saved)."""
-    return digest({
+    key = {
         "head": _model_content(tuned.head_model), "hp": tuned.best_hyperparameters,
         "data": prepared.digest, "model": OmegaConf.to_container(cfg.model, resolve=True),
         "train": OmegaConf.to_container(cfg.train, resolve=True), "seed": int(cfg.seed), "weights": weights.sha256,
-    })
+    }
+    if cfg.tune.get("class_views"):  # the cached features the top blocks train on hold these views
+        key["class_views"] = OmegaConf.to_container(cfg.tune.class_views, resolve=True)
+    return digest(key)
 
 
 def _model_content(path: Path) -> str:
@@ -258,6 +261,7 @@ def _fit_on_features(cfg, model, backbone, tuned: TunedHead, prepared: PreparedD
     train, hp = cfg.train, tuned.best_hyperparameters
     n_classes, layer = len(prepared.classes), feature_layer(cfg)
     f_tr, y_tr = load_features(tuned.embeddings_dir, "train")
+    n_plain = plain_rows(tuned.embeddings_dir, "train", int(cfg.tune.views))
     f_va, y_va = load_features(tuned.embeddings_dir, "val")
     eye = np.eye(n_classes, dtype=np.float32)
     with strategy.scope():
@@ -280,7 +284,7 @@ def _fit_on_features(cfg, model, backbone, tuned: TunedHead, prepared: PreparedD
     ft_loss, ft_acc = _nll_accuracy(top.predict(batches(f_va), verbose=0), y_va)
 
     def train_accuracy() -> float:  # view 0 (the plain crops); a sample of them bounds the cost
-        plain = np.random.default_rng(int(cfg.seed)).permutation(len(y_tr) // max(1, int(cfg.tune.views)))[:TRAIN_ACCURACY_SAMPLE]
+        plain = np.random.default_rng(int(cfg.seed)).permutation(n_plain)[:TRAIN_ACCURACY_SAMPLE]
         return _nll_accuracy(top.predict(batches(f_tr[plain]), verbose=0), y_tr[plain])[1]
 
     return _rows(fitted), unfrozen, ft_loss, ft_acc, train_accuracy

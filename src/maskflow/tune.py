@@ -29,6 +29,7 @@ from maskflow.cache import atomic_write_json, compute_seconds, digest, file_lock
 from maskflow.contracts import PreparedData, StageContext, TunedHead
 from maskflow.data import read_manifest, require_training_samples
 from maskflow.datasets import balanced_class_weights, image_dataset, split_arrays
+from maskflow.errors import UserError
 
 # MLflow, pandas are imported inside the functions that use them: importing this
 # module (a CLI's --help, a spawned worker, another stage) stays fast without them.
@@ -47,12 +48,27 @@ def embedding_key(cfg: DictConfig, prepared: PreparedData, weights: backbones.Re
     model = OmegaConf.to_container(cfg.model, resolve=True)
     model.pop("finetune_layers", None)
     model.pop("feature_layer", None)
-    return digest({
+    key = {
         "version": EMBEDDING_VERSION, "model": model, "weights": weights.sha256, "crops": crops,
         "features": feature_layer(cfg),
         "classes": prepared.classes, "views": int(cfg.tune.views),
         "augment": OmegaConf.to_container(cfg.train.augment, resolve=True), "seed": int(cfg.seed),
-    })
+    }
+    if class_views(cfg, prepared.classes):  # only when set: embeddings cached before it keep their key
+        key["class_views"] = class_views(cfg, prepared.classes)
+    return digest(key)
+
+
+def class_views(cfg: DictConfig, classes: list[str]) -> dict[int, int]:
+    """Class index -> views of each training image of that class, where ``tune.class_views``
+    asks for more than ``tune.views``: extra augmented views of a rare class, so the head and
+    the top blocks see it more often and each time a little different."""
+    wanted = dict(cfg.tune.get("class_views") or {})
+    unknown = sorted(set(wanted) - set(classes))
+    if unknown:
+        raise UserError(f"tune.class_views names {unknown}, not classes of this data ({classes}): "
+                        f"use one of those names, or tune.class_views=null")
+    return {classes.index(name): int(n) for name, n in sorted(wanted.items()) if int(n) > int(cfg.tune.views)}
 
 
 class _BatchProgress(keras.callbacks.Callback):
@@ -94,19 +110,28 @@ def compute_embeddings(cfg: DictConfig, prepared: PreparedData, weights: backbon
             extractor = _predictor(backbones.feature_extractor(cfg.model, weights, layer))
         paths, labels = split_arrays(prepared.manifest, split, prepared.classes)
         views = int(cfg.tune.views) if split == "train" else 1
+        # Each pass: (paths, labels, augmented). Every image `views` times, then the extra
+        # augmented views of the classes tune.class_views asks more of.
+        passes = [(paths, labels, view > 0) for view in range(views)]
+        for index, total in (class_views(cfg, prepared.classes).items() if split == "train" else ()):
+            chosen = np.flatnonzero(labels == index)
+            passes += [([paths[i] for i in chosen], labels[chosen], True)] * (total - views)
         xs, fs, ys = [], [], []
         started = time.perf_counter()
-        with tqdm(total=views * -(-len(paths) // 64), desc=f"embed {split}", unit="batch", disable=None) as bar:
-            for view in range(views):
-                outputs = extractor(image_dataset(paths, size, batch_size=64), bar, augment_batch if view > 0 else None)
+        with tqdm(total=sum(-(-len(p) // 64) for p, _, _ in passes), desc=f"embed {split}", unit="batch", disable=None) as bar:
+            for pass_paths, pass_labels, augmented in passes:
+                if not len(pass_paths):
+                    continue
+                outputs = extractor(image_dataset(pass_paths, size, batch_size=64), bar, augment_batch if augmented else None)
                 xs.append(outputs[0])
                 if layer:
                     fs.append(outputs[1].astype(np.float16))  # half the memory; the top blocks train in float32
-                ys.append(labels)
+                ys.append(pass_labels)
         x, y = np.concatenate(xs).astype(np.float32), np.concatenate(ys)
         out_dir.mkdir(parents=True, exist_ok=True)
         tmp = out_dir / f".{split}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, x=x, y=y, **({"f": np.concatenate(fs)} if layer else {}))
+        # plain: the first rows, one per image without augmentation (the rest are views)
+        np.savez(tmp, x=x, y=y, plain=np.int64(len(paths)), **({"f": np.concatenate(fs)} if layer else {}))
         tmp.replace(target)
         log.info("embeddings %s: %s in %.1f s (%d views)", split, x.shape, time.perf_counter() - started, views)
     return out_dir
@@ -145,6 +170,12 @@ def _predictor(model: keras.Model):
 def load_embeddings(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     with np.load(folder / f"{split}.npz") as data:
         return data["x"], data["y"]
+
+
+def plain_rows(folder: Path, split: str, views: int) -> int:
+    """How many leading rows of a split's embeddings are the images themselves, unaugmented."""
+    with np.load(folder / f"{split}.npz") as data:
+        return int(data["plain"]) if "plain" in data.files else len(data["y"]) // max(1, views)  # cached before 2026-12-05
 
 
 def load_features(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -313,6 +344,8 @@ def run(cfg: DictConfig, ctx: StageContext) -> TunedHead:
     # The chief and its workers share one project; None is the value before the option
     # existed, so tuner state from older runs stays valid.
     search["distributed"] = None
+    if not search.get("class_views"):  # unset, as before the option existed
+        search.pop("class_views", None)
     tune_key = digest({"embeddings": key, "tune": search, "seed": int(cfg.seed)})
     tuner_dir = ctx.cache_dir / "tune"
     project = f"{cfg.model.name}-{tune_key}"
