@@ -49,7 +49,7 @@ def test_defaults_point_at_the_shared_folder_and_project_store(tmp_path):
     # The union is composed by Hydra from the two set configs, 3 classes.
     assert cfg.data.parts.faces.name == "mask-faces-4k" and cfg.data.parts.scenes.name == "mask-scenes-853"
     assert len(cfg.data.classes) == 3 and cfg.data.parts.scenes.finder_boxes == cfg.detect.backend
-    assert list(cfg.stages) == ["prepare", "tune", "finetune", "facedet", "evaluate", "export", "promote"]
+    assert list(cfg.stages) == ["prepare", "tune", "finetune", "ensemble", "facedet", "evaluate", "export", "promote"]
     # A pretrained finder (never SCRFD: non-commercial terms) labelled by the classifier;
     # every finder's settings and the MTCNN ones stay composed for --backend.
     assert cfg.detect.backend == "yunet" and cfg.detect.labels == "classifier" and cfg.detect.thresholds

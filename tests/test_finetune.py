@@ -36,6 +36,8 @@ def test_key_follows_the_head_content_not_its_path(tmp_path):
     shutil.copy2(original, copied)
     key = cache_key(cfg, prepared, _tuned(original), weights)
     assert cache_key(cfg, prepared, _tuned(copied), weights) == key
+    # An ensemble's further seeds are other classifiers: this one is the same and stays cached.
+    assert cache_key(compose(tmp_path / "conf2", ["train.ensemble_seeds=[1,2]"]), prepared, _tuned(original), weights) == key
     time.sleep(1.1)  # the save time in the file has whole seconds
     head.save(original)  # the same head, saved again, as the next run's tune stage does
     assert original.read_bytes() != copied.read_bytes()  # (so the file's bytes cannot be the key)

@@ -21,7 +21,8 @@ from .conftest import copy_real_faces, needs_shared
 def test_plan_adds_upstream_stages_in_order():
     assert plan(["prepare"]) == ["prepare"]
     assert plan(["finetune"]) == ["prepare", "tune", "finetune"]
-    assert plan(["export", "prepare"]) == ["prepare", "tune", "finetune", "facedet", "evaluate", "export"]
+    assert plan(["evaluate"]) == ["prepare", "tune", "finetune", "ensemble", "facedet", "evaluate"]
+    assert plan(["export", "prepare"]) == ["prepare", "tune", "finetune", "ensemble", "facedet", "evaluate", "export"]
     assert plan(["facedet"]) == ["prepare", "facedet"]
     with pytest.raises(ValueError):
         plan(["deploy"])
@@ -215,3 +216,32 @@ def test_joblib_multirun_runs_jobs_in_parallel_processes(tmp_path):
     assert {r.data.tags["tf_intraop_threads"] for r in runs} == {"1"}
     assert {r.data.params["data.workers"] for r in runs} == {"1"}
     assert len({r.data.tags["run_dir"] for r in runs}) == 2
+
+
+@pytest.mark.slow
+@needs_shared
+def test_ensemble_stage_trains_a_member_per_further_seed_and_caches_the_average(tmp_path):
+    """train.ensemble_seeds: the further seed trains in a nested MLflow run, the stage
+    returns the averaged model (what evaluate and export use), and a re-run takes it all
+    from the cache, the members' training cost kept."""
+    data = copy_real_faces(tmp_path / "data", per_class=12)
+    common = ("debug=tiny", "model=mobilenet_025", "model.input_size=96", f"data.root={data}", "train.ensemble_seeds=[7]",
+              "stages=[prepare,tune,finetune,ensemble]")
+    run_pipeline(tmp_path, *common)
+    client = _client(tmp_path)
+    experiment = client.get_experiment_by_name("maskflow").experiment_id
+    runs = client.search_runs([experiment])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    (member,) = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert member.data.params["seed"] == "7" and "train_time_s" in member.data.metrics
+    assert parent.data.metrics["ensemble_members"] == 2.0 and parent.data.metrics["ensemble_members_compute_s"] > 0
+    result = json.loads(next((tmp_path / "outputs").rglob("ensemble.json")).read_text())
+    finetuned = json.loads(next((tmp_path / "outputs").rglob("finetune.json")).read_text())
+    assert "/ensemble/" in result["model_path"] and result["model_path"] != finetuned["model_path"]
+    assert Path(result["tflite_path"]).is_file()
+
+    run_pipeline(tmp_path, *common)
+    warm = client.search_runs([experiment], "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"])
+    warm_parent = next(r for r in warm if "mlflow.parentRunId" not in r.data.tags and r.info.run_id != parent.info.run_id)
+    assert warm_parent.data.metrics["ensemble_members_compute_s"] == parent.data.metrics["ensemble_members_compute_s"]
+    assert warm_parent.data.metrics["ensemble_time_s"] < parent.data.metrics["ensemble_time_s"]

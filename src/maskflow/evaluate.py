@@ -265,7 +265,7 @@ def run(cfg: DictConfig, ctx: StageContext) -> Evaluation:
     import mlflow
 
     prepared: PreparedData = ctx.need("prepare")
-    trained: TrainedModel = ctx.need("finetune")
+    trained: TrainedModel = ctx.need("ensemble")
     facedet = ctx.results.get("facedet")
     out = ctx.run_dir / "evaluate"
     out.mkdir(parents=True, exist_ok=True)
@@ -309,7 +309,7 @@ def _scene_sets(cfg: DictConfig, ctx: StageContext) -> dict[str, str]:
 def _evaluate(cfg: DictConfig, ctx: StageContext, out: Path) -> dict[str, float]:
 
     prepared: PreparedData = ctx.need("prepare")
-    trained: TrainedModel = ctx.need("finetune")
+    trained: TrainedModel = ctx.need("ensemble")
     ev = cfg.evaluate
     model = load_model(trained.model_path)
     size, classes = trained.input_size, list(trained.classes)
@@ -362,7 +362,7 @@ def _scenes(cfg: DictConfig, ctx: StageContext, model, size: int, classes: list[
     # conf/detect, as registered with the model: what is evaluated is what gets served.
     facedet = ctx.results.get("facedet")
     face_model = facedet.model_path if facedet is not None else None
-    trained: TrainedModel = ctx.need("finetune")
+    trained: TrainedModel = ctx.need("ensemble")
     settings = DetectorSettings.from_stored(OmegaConf.to_container(cfg.detect, resolve=True))
     mask_model = MaskModel(Classifier(model, classes, size, trained.tflite_path), settings,
                            face_model, list(facedet.classes) if face_model else [], [str(cfg.paths.face_weights_dir)])

@@ -100,7 +100,7 @@ def run(cfg: DictConfig, ctx: StageContext) -> Exported:
     import mlflow
 
     prepared: PreparedData = ctx.need("prepare")
-    trained: TrainedModel = ctx.need("finetune")
+    trained: TrainedModel = ctx.need("ensemble")
     evaluation: Evaluation = ctx.need("evaluate")
     out = ctx.run_dir / "export"
     out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +129,7 @@ def _export(cfg: DictConfig, ctx: StageContext, out: Path) -> dict:
     import tensorflow as tf
 
     prepared: PreparedData = ctx.need("prepare")
-    trained: TrainedModel = ctx.need("finetune")
+    trained: TrainedModel = ctx.need("ensemble")
     ex = cfg.export
     size, classes = trained.input_size, list(trained.classes)
     model = load_model(trained.model_path)

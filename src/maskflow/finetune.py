@@ -92,10 +92,12 @@ def cache_key(cfg: DictConfig, prepared: PreparedData, tuned: TunedHead, weights
     architecture and weights: not by its path (which lies inside the cache, so a moved or
     copied cache would miss), nor by its file's bytes (tune saves the best head again on
     every run, and a .keras file records when it was saved)."""
+    train = OmegaConf.to_container(cfg.train, resolve=True)
+    train.pop("ensemble_seeds", None)  # which further classifiers the ensemble stage trains: none of this one's inputs
     key = {
         "head": _model_content(tuned.head_model), "hp": tuned.best_hyperparameters,
         "data": prepared.digest, "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "train": OmegaConf.to_container(cfg.train, resolve=True), "seed": int(cfg.seed), "weights": weights.sha256,
+        "train": train, "seed": int(cfg.seed), "weights": weights.sha256,
     }
     if cfg.tune.get("class_views"):  # the cached features the top blocks train on hold these views
         key["class_views"] = OmegaConf.to_container(cfg.tune.class_views, resolve=True)
@@ -128,7 +130,7 @@ def run(cfg: DictConfig, ctx: StageContext) -> TrainedModel:
     else:
         summary = _train(cfg, prepared, tuned, weights, work, model_path)
         atomic_write_json(history_path, summary)
-    tflite_path = _compiled(model_path)
+    tflite_path = compiled(model_path)
 
     if mlflow.active_run() is not None:
         for epoch, row in enumerate(summary["history"], start=1):
@@ -145,7 +147,7 @@ def run(cfg: DictConfig, ctx: StageContext) -> TrainedModel:
                         tflite_path=tflite_path)
 
 
-def _compiled(model_path: Path) -> Path:
+def compiled(model_path: Path) -> Path:
     """``model.tflite`` beside the model: the classifier detection runs (about 3x faster
     per face on this CPU than Keras), compiled once and cached with the model."""
     target = model_path.with_suffix(".tflite")
@@ -156,7 +158,7 @@ def _compiled(model_path: Path) -> Path:
     return target
 
 
-def _nll_accuracy(probs: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+def nll_accuracy(probs: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Unsmoothed cross-entropy and accuracy: comparable across label smoothing settings."""
     p = np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)
     return float(-np.log(p).mean()), float((probs.argmax(axis=1) == y).mean())
@@ -175,8 +177,8 @@ def _train(cfg, prepared, tuned, weights, work: Path, model_path: Path) -> dict[
     head = model.get_layer("head")
     x_va, y_va_emb = load_embeddings(tuned.embeddings_dir, "val")
     x_tr, _ = load_embeddings(tuned.embeddings_dir, "train")
-    base_loss, base_acc = _nll_accuracy(head.predict(x_va, batch_size=1024, verbose=0), y_va_emb)
-    base_train_acc = _nll_accuracy(head.predict(x_tr[: len(y_tr)], batch_size=1024, verbose=0), y_tr)[1]  # view 0 = plain
+    base_loss, base_acc = nll_accuracy(head.predict(x_va, batch_size=1024, verbose=0), y_va_emb)
+    base_train_acc = nll_accuracy(head.predict(x_tr[: len(y_tr)], batch_size=1024, verbose=0), y_tr)[1]  # view 0 = plain
     started = time.perf_counter()
     history: list[dict[str, float]] = []
     kept, unfrozen = "head_only", 0
@@ -245,10 +247,10 @@ def _fit_on_images(cfg, model, backbone, tuned: TunedHead, prepared: PreparedDat
     fitted = model.fit(ds_tr, validation_data=ds_va, epochs=int(train.epochs), callbacks=callbacks,
                        steps_per_epoch=train.get("steps_per_epoch") or None,
                        class_weight=_class_weights(hp, y_tr, n_classes), shuffle=False, verbose=2)  # the dataset shuffles itself
-    ft_loss, ft_acc = _nll_accuracy(model.predict(image_dataset(paths_va, size, int(cfg.evaluate.batch_size)), verbose=0), y_va)
+    ft_loss, ft_acc = nll_accuracy(model.predict(image_dataset(paths_va, size, int(cfg.evaluate.batch_size)), verbose=0), y_va)
 
     def train_accuracy() -> float:
-        return _nll_accuracy(model.predict(image_dataset(paths_tr, size, int(cfg.evaluate.batch_size)), verbose=0), y_tr)[1]
+        return nll_accuracy(model.predict(image_dataset(paths_tr, size, int(cfg.evaluate.batch_size)), verbose=0), y_tr)[1]
 
     return _rows(fitted), unfrozen, ft_loss, ft_acc, train_accuracy
 
@@ -281,11 +283,11 @@ def _fit_on_features(cfg, model, backbone, tuned: TunedHead, prepared: PreparedD
     fitted = top.fit(batches(f_tr, y_tr, shuffle=True), validation_data=batches(f_va, y_va), epochs=int(train.epochs),
                      callbacks=callbacks, steps_per_epoch=train.get("steps_per_epoch") or None,
                      class_weight=_class_weights(hp, y_tr, n_classes), shuffle=False, verbose=2)  # the dataset shuffles itself
-    ft_loss, ft_acc = _nll_accuracy(top.predict(batches(f_va), verbose=0), y_va)
+    ft_loss, ft_acc = nll_accuracy(top.predict(batches(f_va), verbose=0), y_va)
 
     def train_accuracy() -> float:  # view 0 (the plain crops); a sample of them bounds the cost
         plain = np.random.default_rng(int(cfg.seed)).permutation(n_plain)[:TRAIN_ACCURACY_SAMPLE]
-        return _nll_accuracy(top.predict(batches(f_tr[plain]), verbose=0), y_tr[plain])[1]
+        return nll_accuracy(top.predict(batches(f_tr[plain]), verbose=0), y_tr[plain])[1]
 
     return _rows(fitted), unfrozen, ft_loss, ft_acc, train_accuracy
 

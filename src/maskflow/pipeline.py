@@ -47,8 +47,9 @@ from maskflow.errors import UserError, full_error, one_line, report
 
 log = logging.getLogger("maskflow")
 
-STAGES = ("prepare", "tune", "finetune", "facedet", "evaluate", "export", "promote")
-REQUIRES = {"tune": ["prepare"], "finetune": ["tune"], "facedet": ["prepare"], "evaluate": ["finetune", "facedet"],
+STAGES = ("prepare", "tune", "finetune", "ensemble", "facedet", "evaluate", "export", "promote")
+REQUIRES = {"tune": ["prepare"], "finetune": ["tune"], "ensemble": ["finetune"], "facedet": ["prepare"],
+            "evaluate": ["ensemble", "facedet"],
             "export": ["evaluate"], "promote": ["export"]}
 
 

@@ -70,7 +70,8 @@ def collect(client, experiment_id: str, models: Sequence[str], data: str | None 
         m["xtest"] = xtest[0] if len(xtest) == 1 else (sum(xtest) / len(xtest) if xtest else float("nan"))
         parts = [m.get("tune_embed_compute_s"), m.get("tune_search_compute_s"), m.get("train_time_s")]
         # Runs logged before costs were kept (2026-12-05) have no honest figure: n/a.
-        m["training_s"] = sum(parts) if all(v is not None for v in parts) else float("nan")
+        # An ensemble's further classifiers (experiment=accurate) trained in nested runs: their cost counts too.
+        m["training_s"] = (sum(parts) + m.get("ensemble_members_compute_s", 0.0)) if all(v is not None for v in parts) else float("nan")
         m["cached"] = bool(m.get("tune_cached")) and bool(m.get("finetune_cached"))
         m["params_total"] = m.get("params_total", float("nan")) / 1e6
         m["flops_b1"] = m.get("flops_b1", float("nan")) / 1e9
