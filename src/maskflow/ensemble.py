@@ -30,13 +30,16 @@ def member_seeds(cfg: DictConfig) -> list[int]:
     return [s for s in dict.fromkeys(int(s) for s in cfg.train.get("ensemble_seeds") or []) if s != int(cfg.seed)]
 
 
-def average_models(paths: list[Path], target: Path) -> None:
-    """One model whose output is the mean of the members' softmax outputs (same input size and classes)."""
+def average_models(paths: list[Path], target: Path) -> int:
+    """One model whose output is the mean of the members' softmax outputs (same input size
+    and classes), saved to ``target``; returns its parameter count."""
     members = [keras.models.load_model(p, compile=False) for p in paths]
     inputs = keras.Input(members[0].input_shape[1:], name="image")
     # Each member under its own name: loaded models share their own default names.
     outputs = [keras.Model(m.inputs[0], m.outputs[0], name=f"member_{i}")(inputs) for i, m in enumerate(members)]
-    keras.Model(inputs, keras.layers.Average(name="mean_probabilities")(outputs), name="ensemble").save(target)
+    averaged = keras.Model(inputs, keras.layers.Average(name="mean_probabilities")(outputs), name="ensemble")
+    averaged.save(target)
+    return int(averaged.count_params())
 
 
 def _member(cfg: DictConfig, ctx: StageContext, seed: int) -> tuple[TrainedModel, float]:
@@ -86,13 +89,12 @@ def run(cfg: DictConfig, ctx: StageContext) -> TrainedModel:
     if not summary_path.exists():
         work.mkdir(parents=True, exist_ok=True)
         tmp = work / "model.tmp.keras"
-        average_models([m.model_path for m in members], tmp)
+        params = average_models([m.model_path for m in members], tmp)
         tmp.replace(model_path)
         val_loss, val_accuracy = _val_scores(cfg, prepared, finetune.compiled(model_path))
-        params = int(keras.models.load_model(model_path, compile=False).count_params())
         atomic_write_json(summary_path, {"val_loss": val_loss, "val_accuracy": val_accuracy, "params_total": params})
     summary = read_json(summary_path)
-    tflite_path = finetune.compiled(model_path)
+    tflite_path = finetune.compiled(model_path)  # already there: compiled once, with the average
     log.info("ensemble of %d classifiers (seeds %s): val accuracy %.4f, val loss %.4f", len(members),
              [int(cfg.seed), *seeds], summary["val_accuracy"], summary["val_loss"])
     metrics = {"ensemble_members": float(len(members)), "ensemble_val_accuracy": float(summary["val_accuracy"]),

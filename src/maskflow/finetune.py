@@ -34,7 +34,7 @@ from maskflow.contracts import PreparedData, StageContext, TrainedModel, TunedHe
 from maskflow.datasets import balanced_class_weights, image_dataset, split_arrays
 from maskflow.distribute import strategy_for
 from maskflow.tracking import pip_requirements
-from maskflow.tune import feature_layer, load_embeddings, load_features, plain_rows
+from maskflow.tune import class_views, feature_layer, load_embeddings, load_features, plain_rows
 
 # MLflow is imported inside the functions that use it: importing this
 # module (a CLI's --help, a spawned worker, another stage) stays fast without it.
@@ -99,8 +99,9 @@ def cache_key(cfg: DictConfig, prepared: PreparedData, tuned: TunedHead, weights
         "data": prepared.digest, "model": OmegaConf.to_container(cfg.model, resolve=True),
         "train": train, "seed": int(cfg.seed), "weights": weights.sha256,
     }
-    if cfg.tune.get("class_views"):  # the cached features the top blocks train on hold these views
-        key["class_views"] = OmegaConf.to_container(cfg.tune.class_views, resolve=True)
+    extra = class_views(cfg, list(prepared.classes))
+    if extra:  # the cached features the top blocks train on hold these views
+        key["class_views"] = extra
     return digest(key)
 
 

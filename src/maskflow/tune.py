@@ -54,8 +54,9 @@ def embedding_key(cfg: DictConfig, prepared: PreparedData, weights: backbones.Re
         "classes": prepared.classes, "views": int(cfg.tune.views),
         "augment": OmegaConf.to_container(cfg.train.augment, resolve=True), "seed": int(cfg.seed),
     }
-    if class_views(cfg, prepared.classes):  # only when set: embeddings cached before it keep their key
-        key["class_views"] = class_views(cfg, prepared.classes)
+    extra = class_views(cfg, prepared.classes)
+    if extra:  # only when set: embeddings cached before it keep their key
+        key["class_views"] = extra
     return digest(key)
 
 

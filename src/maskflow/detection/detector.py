@@ -138,7 +138,7 @@ class MaskModel:
         from maskflow.detection import model_files
 
         store = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT}/mlflow.db"
-        folder = Path(uri) if "://" not in uri and ":/" not in uri else model_files.remembered(uri, store)
+        folder = Path(uri) if ":/" not in uri else model_files.remembered(uri, store)  # a folder, or a URI resolved before
         artifacts = model_files.artifact_files(folder) if folder is not None else None
         if artifacts is not None:
             return cls.from_artifacts(artifacts)
