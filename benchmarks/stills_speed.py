@@ -2,6 +2,7 @@
 on the same images in one run, with the accuracy each setting keeps.
 
     python benchmarks/stills_speed.py [--model models:/maskflow@champion] [--set upscale_if_face_under=24 ...]
+        [--set backend=yunet_n,still_long_side=null]  # another finder, its block from conf/detect
 
 Speed: each contender over the same list (every val and test scene photo), from the file
 on disk to its labelled faces, as a user runs it: maskflow as ``maskflow.detect`` does
@@ -79,10 +80,13 @@ def main() -> None:
     contenders = {"ultraface masked (its own labels, one pass)": None, f"maskflow stored ({stored.backend})": stored}
     for change in args.set:
         values = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in change.split(","))}
+        backend = str(values.pop("backend", stored.backend))  # another finder: its block from conf/detect
         blocks = {name: dict(block) for name, block in stored.finders.items()}
-        blocks[stored.backend].update(values)
-        contenders[f"maskflow {change}"] = replace(stored, finders=blocks)
-    detectors = {name: build_detector(s, model) for name, s in contenders.items() if s is not None}
+        blocks.setdefault(backend, dict(finders[backend]))
+        blocks[backend].update(values)
+        contenders[f"maskflow {change}"] = replace(stored, backend=backend, finders=blocks)
+    dirs = [*model.finder_dirs, str(cfg.paths.face_weights_dir)]
+    detectors = {name: build_detector(s, model, finder_dirs=dirs) for name, s in contenders.items() if s is not None}
 
     # Speed: every scene photo of val and test, each contender over the whole list as a
     # user runs it: maskflow as `maskflow.detect` does (decode, then the finder on one image
@@ -130,7 +134,7 @@ def main() -> None:
         if settings is None:
             continue
         # As evaluate scores close-ups: every face, no operating point (it was chosen on scenes).
-        every_face = build_detector(replace(settings, operating_point=None), model)
+        every_face = build_detector(replace(settings, operating_point=None), model, finder_dirs=dirs)
         found = right = n = 0
         for r in closeups:
             try:

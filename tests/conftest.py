@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Derived finder files (YuNet's size-free copy) go to a folder of this session, not ~/.cache;
+# subprocesses (the CLIs under test) inherit it.
+os.environ.setdefault("MASKFLOW_CACHE_DIR", tempfile.mkdtemp(prefix="maskflow-tests-cache-"))
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MASKFLOW_SHARED", ROOT.parent / "shared"))

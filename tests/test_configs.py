@@ -53,7 +53,8 @@ def test_defaults_point_at_the_shared_folder_and_project_store(tmp_path):
     # A pretrained finder (never SCRFD: non-commercial terms) labelled by the classifier;
     # every finder's settings and the MTCNN ones stay composed for --backend.
     assert cfg.detect.backend == "yunet" and cfg.detect.labels == "classifier" and cfg.detect.thresholds
-    assert set(cfg.detect.finders) == {"yunet", "ultraface", "scrfd", "fusion"}
+    assert set(cfg.detect.finders) == {"yunet", "yunet_n", "ultraface", "scrfd", "fusion"}
+    assert cfg.detect.finders.yunet.runtime == "onnxruntime"
     assert all(len(f.sha256) == 64 for n, f in cfg.detect.finders.items() if n != "fusion")
     assert cfg.facedet.data == "mask-scenes-853" and cfg.facedet.epochs > 0
     assert cfg.tracking.uri == f"sqlite:///{PROJECT_ROOT}/mlflow.db"

@@ -61,7 +61,7 @@ def test_missing_or_corrupt_finder_file_fails_naming_file_and_checksum(tmp_path)
 
 
 @needs_shared
-@pytest.mark.parametrize("name", ["yunet", "ultraface", "scrfd", "fusion"])
+@pytest.mark.parametrize("name", ["yunet", "yunet_n", "ultraface", "scrfd", "fusion"])
 def test_each_finder_finds_the_annotated_faces_of_a_real_scene(tmp_path, name):
     finders = _finders(tmp_path)
     finder = build_finder(name, finders, [FACE_WEIGHTS])
@@ -72,8 +72,44 @@ def test_each_finder_finds_the_annotated_faces_of_a_real_scene(tmp_path, name):
     matched = (iou_matrix(truths, found).max(axis=1) >= 0.4).sum()
     assert matched >= 2, (name, faces)  # 3 annotated faces, one of them small
     assert all(0.0 <= f.score <= 1.0 for f in faces)
-    if name in ("yunet", "scrfd"):
+    if name in ("yunet", "yunet_n", "scrfd"):
         assert all(f.landmarks is not None and len(f.landmarks) == 10 for f in faces)
+
+
+@needs_shared
+@pytest.mark.parametrize("name", ["yunet", "yunet_n"])
+def test_yunet_through_onnxruntime_finds_the_faces_opencv_finds(tmp_path, monkeypatch, name):
+    monkeypatch.setenv("MASKFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    settings = _finders(tmp_path)[name]
+    engines = {runtime: build_finder(name, {name: {**settings, "runtime": runtime}}, [FACE_WEIGHTS])
+               for runtime in ("onnxruntime", "opencv")}
+    for image in ("maksssksksss12.jpg", "maksssksksss240.jpg", "maksssksksss0.jpg"):  # 20 faces, a crowd, 3
+        rgb = read_image(SCENES / "images" / image).rgb
+        found = {runtime: finder.find(rgb, still=True) for runtime, finder in engines.items()}
+        assert len(found["opencv"]) >= 3
+        assert len(found["onnxruntime"]) == len(found["opencv"]), image
+        for ours, theirs in zip(found["onnxruntime"], found["opencv"]):
+            np.testing.assert_allclose(ours.box, theirs.box, atol=0.01)
+            np.testing.assert_allclose(ours.landmarks, theirs.landmarks, atol=0.01)
+            assert abs(ours.score - theirs.score) < 1e-4
+    # YuNet-s's file takes 640x640 only; its size-free rewrite is kept once, by content
+    assert len(list((tmp_path / "cache" / "finders").glob("*.free-size-*.onnx"))) == 1
+
+
+@needs_shared
+def test_yunet_runs_where_its_cache_folder_cannot_be_written(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("MASKFLOW_CACHE_DIR", str(blocker))  # nothing can be made under a file
+    finder = build_finder("yunet", {"yunet": _finders(tmp_path)["yunet"]}, [FACE_WEIGHTS])
+    assert len(finder.find(read_image(SCENES / "images" / "maksssksksss0.jpg").rgb)) >= 2  # the copy stays in memory
+
+
+@needs_shared
+def test_an_unknown_yunet_runtime_names_the_choices(tmp_path):
+    settings = _finders(tmp_path)["yunet"]
+    with pytest.raises(ValueError, match="runtime='tflite'.*onnxruntime.*opencv"):
+        build_finder("yunet", {"yunet": {**settings, "runtime": "tflite"}}, [FACE_WEIGHTS])
 
 
 @needs_shared

@@ -74,7 +74,8 @@ def _finder(spec: dict[str, Any]):
     """The finder whose boxes scene faces are also cropped around (one per worker)."""
     global _FINDER
     if _FINDER is None:
-        _FINDER = build_finder(spec["name"], {spec["name"]: spec["settings"]}, spec["dirs"])
+        settings = {**spec["settings"], **({"runtime": spec["runtime"]} if spec.get("runtime") else {})}
+        _FINDER = build_finder(spec["name"], {spec["name"]: settings}, spec["dirs"])
     return _FINDER
 
 
@@ -148,7 +149,7 @@ def _finder_samples(rgb, annotated: list[dict[str, Any]], params: dict[str, Any]
     0.5, raw box as at run time), so the classifier trains on what a finder hands over."""
 
     spec = params["finder_boxes"]
-    faces = _finder({**spec, "dirs": params["face_weights_dirs"]}).find(rgb, still=True)
+    faces = _finder({**spec, "dirs": params["face_weights_dirs"], "runtime": params.get("finder_runtime")}).find(rgb, still=True)
     usable = [s for s in annotated if s["crop"] is not None]
     if not faces or not usable:
         return []
@@ -197,8 +198,9 @@ def _finder_spec(cfg: DictConfig) -> dict[str, Any] | None:
     # runs on every training scene.
     if cfg.data.get("finder_boxes_still_long_side", None) is not None:
         settings["still_long_side"] = int(cfg.data.finder_boxes_still_long_side)
-    # Crops are cut around the finder's raw boxes: its calibration and licence note do not change them.
-    run_time_only = ("box_calibration", "licence", "upscale_if_face_under")
+    # Crops are cut around the finder's raw boxes: its calibration and licence note do not
+    # change them, nor does the engine that runs it (both give the same faces; run() passes it on).
+    run_time_only = ("box_calibration", "licence", "upscale_if_face_under", "runtime")
     return {"name": str(name), "settings": {k: v for k, v in settings.items() if k not in run_time_only}}
 
 
@@ -210,6 +212,8 @@ def run(cfg: DictConfig, ctx: StageContext, name: str = "prepare") -> PreparedDa
     params = _params(cfg)
     params_key = digest(params)  # where the finders' files live does not change the crops
     params["face_weights_dirs"] = [str(cfg.paths.face_weights_dir)]
+    if params["finder_boxes"]:
+        params["finder_runtime"] = cfg.detect.finders[params["finder_boxes"]["name"]].get("runtime")
     crops_root = ctx.cache_dir / "crops" / params_key
     items = list_items(cfg.data)
     log.info("prepare: %d files listed under %s", len(items), cfg.data.root)

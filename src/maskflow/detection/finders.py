@@ -18,10 +18,15 @@ from maskflow.detection.settings import DetectorSettings
 from maskflow.detection.ultraface import UltraFaceFinder
 from maskflow.detection.weights import resolve
 from maskflow.detection.yunet import YuNetFinder
+from maskflow.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-ONNX_FINDERS = ("yunet", "ultraface", "scrfd")
+
+class MissingFinderSettings(UsageError, ValueError):
+    """A finder picked for a model whose stored settings predate it."""
+
+ONNX_FINDERS = ("yunet", "yunet_n", "ultraface", "scrfd")
 FINDERS = ONNX_FINDERS + ("fusion", "mtcnn")
 # Settings keys that are not the finder constructor's.
 _NOT_KWARGS = {"file", "sha256", "box_calibration", "licence", "members", "method", "iou", "weights"}
@@ -38,7 +43,7 @@ def mtcnn_finder(settings: Mapping[str, Any]) -> FaceDetector:
 
 def _onnx_finder(name: str, settings: Mapping[str, Any], folders: Sequence[str | Path]):
 
-    classes = {"yunet": YuNetFinder, "ultraface": UltraFaceFinder, "scrfd": ScrfdFinder}
+    classes = {"yunet": YuNetFinder, "yunet_n": YuNetFinder, "ultraface": UltraFaceFinder, "scrfd": ScrfdFinder}
     if name == "scrfd":
         print(f"maskflow: warning: {SCRFD_LICENCE}", file=sys.stderr)
     path = resolve(str(settings["file"]), settings.get("sha256"), folders)
@@ -66,6 +71,10 @@ def build_finder(name: str, finders: Mapping[str, Mapping[str, Any]], folders: S
         return FusionFinder([build_finder(m, finders, folders) for m in members], settings["iou"], settings["method"],
                             settings.get("weights"),
                             [(finders.get(m) or {}).get("box_calibration") for m in members])
+    if "file" not in settings:  # a model registered before this finder existed stores no block for it
+        raise MissingFinderSettings(f"this model's detector settings have no finders.{name} block (registered before "
+                                    f"maskflow offered {name}): re-run `python -m maskflow.pipeline` to register it "
+                                    "again, or pick another --backend")
     return _onnx_finder(name, settings, folders)
 
 

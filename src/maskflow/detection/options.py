@@ -13,19 +13,19 @@ from maskflow.detection.settings import DetectorSettings
 def add_detector_args(parser: argparse.ArgumentParser) -> None:
     """Detector options; unset ones come from the model's stored settings (conf/detect)."""
     parser.add_argument("--backend", choices=("facedet",) + FINDERS, default=None,
-                        help="face finder: yunet | ultraface | scrfd (non-commercial research use only) | fusion | "
+                        help="face finder: yunet | yunet_n | ultraface | scrfd (non-commercial research use only) | fusion | "
                              "mtcnn | facedet (the trained CenterNet registered with the model); default: the model's")
     parser.add_argument("--finder-dir", action="append", default=[],
                         help="a folder with the finders' model files, searched before the model's own copies")
     parser.add_argument("--still-long-side", type=int, default=None,
-                        help="yunet/ultraface/scrfd, still images: upscale to this long side for small faces (0: off)")
+                        help="yunet/yunet_n/ultraface/scrfd, still images: upscale to this long side for small faces (0: off)")
     parser.add_argument("--upscale-if-face-under", type=float, default=None, metavar="PX",
-                        help="yunet/ultraface/scrfd, still images: the upscaled pass only where the first finds no face "
+                        help="yunet/yunet_n/ultraface/scrfd, still images: the upscaled pass only where the first finds no face "
                              "or one under PX tall (0: always upscale)")
     parser.add_argument("--labels", choices=("detector", "classifier", "fuse"), default=None,
                         help="facedet: label faces by the detector's class maps, the crop classifier, or the mean of both")
     parser.add_argument("--long-side", type=int, default=None,
-                        help="frames are resized to this long side (facedet, yunet, ultraface, scrfd); 480: yunet's real-time setting")
+                        help="frames are resized to this long side (facedet, yunet, yunet_n, ultraface, scrfd); 480: yunet's real-time setting")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                         help="facedet: also run the mirrored frame and average (more accurate, 2x the cost)")
     parser.add_argument("--zoom-side", type=int, default=None,

@@ -31,7 +31,7 @@ class StillsSettings:
 class DetectorSettings:
     """How faces are found and labelled. Defaults: MTCNN finds, the crop classifier labels."""
 
-    backend: str = "mtcnn"  # mtcnn | yunet | ultraface | scrfd | fusion | facedet (the trained CenterNet)
+    backend: str = "mtcnn"  # mtcnn | yunet | yunet_n | ultraface | scrfd | fusion | facedet (the trained CenterNet)
     labels: str = "classifier"  # classifier: crop + classify | detector: facedet's class maps | fuse: mean of both
     min_confidence: float = 0.5  # finder score to keep a face
     margin: float = 0.2  # crop margin; the pipeline sets the one the classifier was trained with
