@@ -128,3 +128,12 @@ def test_detect_configs_follow_the_schema_and_restate_no_default(tmp_path):
         assert not restated, f"{path.name} restates defaults of DetectorSettings: {restated}"
     cfg = compose(tmp_path, [])
     assert DetectorSettings.from_stored(OmegaConf.to_container(cfg.detect, resolve=True)).backend == "yunet"
+
+
+def test_an_experiment_names_its_runs_and_the_command_line_still_wins(tmp_path):
+    default = compose(tmp_path / "a", [])
+    accurate = compose(tmp_path / "b", ["experiment=accurate"])
+    named = compose(tmp_path / "c", ["experiment=accurate", "run_name=mine"])
+    # config.yaml composes before the bundles, so an experiment may name its runs
+    assert accurate.run_name == f"{default.run_name}-accurate" and named.run_name == "mine"
+    assert list(accurate.stages) == list(default.stages) and accurate.seed == default.seed
