@@ -65,8 +65,11 @@ def free_input_size(path: Path) -> Path | bytes:
     target = user_cache_dir() / "finders" / f"{sha256_file(path)}.free-size-v1.onnx"  # v: this rewrite's version
     if target.is_file():
         return target
-    import onnx
-
+    try:
+        import onnx
+    except ImportError as exc:
+        raise FinderFileError(f"{path.name} takes one input size only, and rewriting it needs the onnx package: "
+                              "pip install onnx, or set finders.<name>.runtime=opencv") from exc
     model = onnx.load(str(path))
     for dim, name in zip(model.graph.input[0].type.tensor_type.shape.dim[2:], ("height", "width")):
         dim.Clear()
