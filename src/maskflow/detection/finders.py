@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 class MissingFinderSettings(UsageError, ValueError):
     """A finder picked for a model whose stored settings predate it."""
 
+
 ONNX_FINDERS = ("yunet", "yunet_n", "ultraface", "scrfd")
 FINDERS = ONNX_FINDERS + ("fusion", "mtcnn")
 # Settings keys that are not the finder constructor's.
