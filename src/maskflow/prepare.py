@@ -74,8 +74,7 @@ def _finder(spec: dict[str, Any]):
     """The finder whose boxes scene faces are also cropped around (one per worker)."""
     global _FINDER
     if _FINDER is None:
-        settings = {**spec["settings"], **({"runtime": spec["runtime"]} if spec.get("runtime") else {})}
-        _FINDER = build_finder(spec["name"], {spec["name"]: settings}, spec["dirs"])
+        _FINDER = build_finder(spec["name"], {spec["name"]: spec["settings"]}, spec["dirs"])
     return _FINDER
 
 
@@ -149,7 +148,7 @@ def _finder_samples(rgb, annotated: list[dict[str, Any]], params: dict[str, Any]
     0.5, raw box as at run time), so the classifier trains on what a finder hands over."""
 
     spec = params["finder_boxes"]
-    faces = _finder({**spec, "dirs": params["face_weights_dirs"], "runtime": params.get("finder_runtime")}).find(rgb, still=True)
+    faces = _finder({**spec, "dirs": params["face_weights_dirs"]}).find(rgb, still=True)
     usable = [s for s in annotated if s["crop"] is not None]
     if not faces or not usable:
         return []
@@ -199,7 +198,8 @@ def _finder_spec(cfg: DictConfig) -> dict[str, Any] | None:
     if cfg.data.get("finder_boxes_still_long_side", None) is not None:
         settings["still_long_side"] = int(cfg.data.finder_boxes_still_long_side)
     # Crops are cut around the finder's raw boxes: its calibration and licence note do not
-    # change them, nor does the engine that runs it (both give the same faces; run() passes it on).
+    # change them, nor does the engine that runs it (both give the same faces; run() adds it
+    # after the crops' key).
     run_time_only = ("box_calibration", "licence", "upscale_if_face_under", "runtime")
     return {"name": str(name), "settings": {k: v for k, v in settings.items() if k not in run_time_only}}
 
@@ -210,10 +210,11 @@ def run(cfg: DictConfig, ctx: StageContext, name: str = "prepare") -> PreparedDa
     if cfg.data.format == "union":
         return _run_union(cfg, ctx, name)
     params = _params(cfg)
-    params_key = digest(params)  # where the finders' files live does not change the crops
+    params_key = digest(params)  # where the finders' files live, and which engine runs one, do not change the crops
     params["face_weights_dirs"] = [str(cfg.paths.face_weights_dir)]
-    if params["finder_boxes"]:
-        params["finder_runtime"] = cfg.detect.finders[params["finder_boxes"]["name"]].get("runtime")
+    spec = params["finder_boxes"]
+    if spec and cfg.detect.finders[spec["name"]].get("runtime"):
+        spec["settings"]["runtime"] = cfg.detect.finders[spec["name"]].runtime
     crops_root = ctx.cache_dir / "crops" / params_key
     items = list_items(cfg.data)
     log.info("prepare: %d files listed under %s", len(items), cfg.data.root)

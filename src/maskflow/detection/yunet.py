@@ -79,15 +79,13 @@ class YuNetFinder(OnnxFinder):
         candidates = self._candidates(rgb)
         if not len(candidates.scores):
             return candidates
-        # As FaceDetectorYN: NMS over the boxes truncated to whole pixels, best first.
-        x0, y0 = candidates.corners[:, 0], candidates.corners[:, 1]
-        rects = np.stack([x0, y0, candidates.corners[:, 2] - x0, candidates.corners[:, 3] - y0], 1).astype(np.float32)
-        keep = cv2.dnn.NMSBoxes(rects.astype(np.int32).tolist(), candidates.scores.astype(np.float32).tolist(),
+        # As FaceDetectorYN: NMS over the boxes (x, y, w, h) truncated to whole pixels, best first.
+        corners = candidates.corners
+        rects = np.c_[corners[:, :2], corners[:, 2:] - corners[:, :2]].astype(np.int32)
+        keep = cv2.dnn.NMSBoxes(rects.tolist(), candidates.scores.astype(np.float32).tolist(),
                                 self._candidate_score, self.nms_iou, top_k=self.top_k)
         keep = np.asarray(keep, int).reshape(-1)
-        # Boxes as OpenCV returns them (float32), so both engines hand over the same pixels.
-        corners = np.c_[rects[keep, :2], rects[keep, :2] + rects[keep, 2:]].astype(np.float64)
-        return PassResult(corners, candidates.scores[keep], candidates.landmarks[keep])
+        return PassResult(corners[keep], candidates.scores[keep], candidates.landmarks[keep])
 
     def _candidates(self, rgb: np.ndarray) -> PassResult:
         """Every prior scoring at least the candidate score, decoded to the image's pixels."""
